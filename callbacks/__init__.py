@@ -1,0 +1,24 @@
+"""Data-quality callbacks, one per module, and the per-sample plumbing they share."""
+
+from callbacks.augmentation_preview import AugmentationPreview
+from callbacks.confusion_matrix import ConfusionMatrix
+from callbacks.embedding_projector import EmbeddingProjector
+from callbacks.hardest_errors import HardestErrors
+from callbacks.heldout_predictions import HeldoutPredictions
+from callbacks.label_suspects import LabelSuspects, TrainingDynamics
+from callbacks.per_class_metrics import PerClassMetrics
+from callbacks.sample_outputs import EpochOutputs, SampleOutputs, shared_outputs
+
+__all__ = [
+    "AugmentationPreview",
+    "ConfusionMatrix",
+    "EmbeddingProjector",
+    "EpochOutputs",
+    "HardestErrors",
+    "HeldoutPredictions",
+    "LabelSuspects",
+    "PerClassMetrics",
+    "SampleOutputs",
+    "TrainingDynamics",
+    "shared_outputs",
+]

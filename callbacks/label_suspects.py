@@ -1,0 +1,335 @@
+"""Which labels are probably wrong: per-sample training dynamics over the epochs of one run, and
+confident learning (cleanlab) on out-of-sample validation probabilities.
+
+Training dynamics come from the training forward passes the run makes anyway, so finding
+suspects costs no extra pass over the data:
+
+* Area Under the Margin (Pleiss et al. 2020): the mean over epochs of the given label's
+  logit minus the largest other logit. Mislabelled samples keep a negative margin, because
+  their look-alikes pull the model towards the true class.
+* Dataset Cartography (Swayamdipta et al. 2020): confidence = mean probability of the
+  given label over epochs; variability = its standard deviation. Low confidence with low
+  variability ("hard to learn") is where mislabelled samples sit.
+* Forgetting events (Toneva et al. 2019): how often a sample went from correctly to
+  incorrectly classified between two consecutive epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from callbacks import rendering
+from callbacks.rendering import BAD, GOOD, INK
+from callbacks.review import check_datamodule
+from callbacks.sample_outputs import EpochOutputs, SampleOutputs, shared_outputs
+
+STATE_KEYS = ("seen", "margin_sum", "prob_sum", "prob_sq_sum", "last_correct", "forgetting", "other_class")
+SCORE_HEADER = [
+    "split", "index", "path", "given_label", "suggested_label", "score", "flagged", "method",
+    "aum", "confidence", "variability", "forgetting_events", "epochs_seen", "cleanlab_quality",
+]
+
+
+class TrainingDynamics:
+    """Running per-sample statistics over epochs; memory O(number of samples).
+
+    Args:
+        num_samples: size of the training split (samples are addressed by index).
+    """
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+        self.seen = np.zeros(num_samples, np.int64)
+        self.margin_sum = np.zeros(num_samples, np.float64)
+        self.prob_sum = np.zeros(num_samples, np.float64)
+        self.prob_sq_sum = np.zeros(num_samples, np.float64)
+        self.last_correct = np.full(num_samples, -1, np.int8)  # -1: not seen yet
+        self.forgetting = np.zeros(num_samples, np.int64)
+        self.other_class = np.full(num_samples, -1, np.int64)  # strongest other class, last epoch
+
+    def update(self, index: np.ndarray, target: np.ndarray, logits: np.ndarray) -> None:
+        """Adds one epoch's logits of the samples ``index`` (each at most once)."""
+        rows = np.arange(len(index))
+        given = logits[rows, target]
+        others = logits.copy()
+        others[rows, target] = -np.inf
+        other_class = others.argmax(axis=1)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        p_given = probs[rows, target]
+        correct = (given > others[rows, other_class]).astype(np.int8)
+        self.seen[index] += 1
+        self.margin_sum[index] += given - others[rows, other_class]
+        self.prob_sum[index] += p_given
+        self.prob_sq_sum[index] += p_given**2
+        self.forgetting[index] += (self.last_correct[index] == 1) & (correct == 0)
+        self.last_correct[index] = correct
+        self.other_class[index] = other_class
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """Per-sample AUM, confidence, variability, forgetting events and the combined score.
+
+        ``score`` (higher = more suspect) is the mean of two percentile ranks over the
+        samples seen: of the negated AUM and of one minus confidence. Ranks put the logit
+        margin and the probability on one scale. NaN for samples never seen.
+        """
+        seen = np.maximum(self.seen, 1)
+        aum = np.where(self.seen > 0, self.margin_sum / seen, np.nan)
+        confidence = np.where(self.seen > 0, self.prob_sum / seen, np.nan)
+        variance = np.maximum(self.prob_sq_sum / seen - (self.prob_sum / seen) ** 2, 0.0)
+        variability = np.where(self.seen > 0, np.sqrt(variance), np.nan)
+        score = np.full(self.num_samples, np.nan)
+        mask = self.seen > 0
+        if mask.any():
+            score[mask] = 0.5 * (_percentile_rank(-aum[mask]) + _percentile_rank(-confidence[mask]))
+        return {"aum": aum, "confidence": confidence, "variability": variability,
+                "forgetting": self.forgetting.copy(), "score": score}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, **{k: torch.from_numpy(getattr(self, k).copy()) for k in STATE_KEYS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("num_samples") != self.num_samples:
+            raise ValueError(
+                f"checkpoint tracked {state.get('num_samples')} training samples, this data has {self.num_samples}: "
+                "resume with the same data (and the same data.exclude / data.relabel / data.label_noise)."
+            )
+        for key in STATE_KEYS:
+            if key in state:
+                setattr(self, key, state[key].numpy().astype(getattr(self, key).dtype))
+
+
+def _percentile_rank(values: np.ndarray) -> np.ndarray:
+    """Rank of each value in [0, 1] (ties share the mean rank); higher value -> higher rank."""
+    from scipy.stats import rankdata
+
+    if len(values) == 1:
+        return np.ones(1)
+    return (rankdata(values) - 1) / (len(values) - 1)
+
+
+class LabelSuspects(Callback):
+    """Ranks the training samples whose labels are probably wrong, with the evidence.
+
+    Every training epoch it reads the logits of the training forward passes (gathered across
+    ranks by :class:`SampleOutputs`) and updates AUM, cartography confidence/variability and
+    forgetting events per sample. A training sample is *flagged* when its AUM is below
+    ``max_margin`` (by default: on average another class out-scored the given label), after
+    at least ``min_epochs`` epochs. Validation samples, whose predictions are out-of-sample,
+    are checked with cleanlab's confident learning on the last epoch's probabilities.
+
+    At the end of fitting (and every ``every_n_epochs`` if set) it writes
+    ``reports/label_suspects.csv`` (flagged samples, most suspect first: path, given and
+    suggested label, score and each component) and ``reports/label_scores.csv`` (every
+    training sample), and logs a gallery of the top suspects and the data map.
+
+    Args:
+        every_n_epochs: also write reports during training, every n epochs (0: only at the end).
+        max_margin: flag training samples whose AUM is below this (logit units).
+        min_epochs: epochs a sample must be seen before it can be flagged.
+        cleanlab_on_val: run confident learning on validation probabilities.
+        gallery_size: suspects shown in the gallery.
+        thumbnail_size: gallery thumbnail side in px.
+
+    Raises:
+        ValueError: an argument is out of range.
+
+    Example::
+
+        trainer = Trainer(callbacks=[LabelSuspects(max_margin=0.0)])
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 0,
+        max_margin: float = 0.0,
+        min_epochs: int = 2,
+        cleanlab_on_val: bool = True,
+        gallery_size: int = 24,
+        thumbnail_size: int = 96,
+    ) -> None:
+        if every_n_epochs < 0 or min_epochs < 1 or gallery_size < 1 or thumbnail_size < 16:
+            raise ValueError(
+                f"LabelSuspects(every_n_epochs={every_n_epochs}, min_epochs={min_epochs}, gallery_size={gallery_size}, "
+                f"thumbnail_size={thumbnail_size}): need every_n_epochs >= 0, min_epochs >= 1, gallery_size >= 1, "
+                "thumbnail_size >= 16."
+            )
+        self.every_n_epochs, self.max_margin, self.min_epochs = every_n_epochs, max_margin, min_epochs
+        self.cleanlab_on_val, self.gallery_size = cleanlab_on_val, gallery_size
+        self.thumbs = rendering.ThumbnailCache(thumbnail_size)
+        self.dynamics: TrainingDynamics | None = None
+        self.outputs: SampleOutputs | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(max_margin=self.max_margin, min_epochs=self.min_epochs)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        check_datamodule(trainer, self)
+        self.outputs = shared_outputs(trainer)
+        self.outputs.require("train")
+        if self.cleanlab_on_val:
+            self.outputs.require("val")
+        self.dynamics = TrainingDynamics(len(trainer.datamodule.samples["train"]))
+        if self._pending_state is not None:
+            self.dynamics.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Collective: every rank gathers (a cached no-op if a review callback already did).
+        if self.cleanlab_on_val and self.outputs is not None and not trainer.sanity_checking:
+            self.outputs.gather(trainer, pl_module, "val")
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.outputs is None or self.dynamics is None:
+            return
+        epoch = self.outputs.gather(trainer, pl_module, "train")
+        if epoch is not None and len(epoch):
+            self.dynamics.update(epoch.index, epoch.target, epoch.logits)
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and trainer.is_global_zero:
+            self.write(trainer, step=trainer.current_epoch)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.dynamics is not None and trainer.is_global_zero:
+            # current_epoch now counts the finished epochs: step = the last one trained.
+            self.write(trainer, step=max(0, trainer.current_epoch - 1))
+
+    # ------------------------------------------------------------------ findings
+    def table(self, trainer: Trainer) -> list[dict[str, Any]]:
+        """One row per training sample (and per validation sample checked by cleanlab), most suspect first."""
+        datamodule = trainer.datamodule
+        names = datamodule.class_names
+        samples = datamodule.samples["train"]
+        targets = datamodule.targets("train")
+        stats = self.dynamics.scores()
+        flagged = (self.dynamics.seen >= self.min_epochs) & (stats["aum"] < self.max_margin)
+        rows = []
+        for i in np.flatnonzero(self.dynamics.seen > 0):
+            other = self.dynamics.other_class[i]
+            rows.append({
+                "split": "train", "index": int(i), "path": samples[i].path, "given_label": names[targets[i]],
+                "suggested_label": names[other] if other >= 0 else "", "score": float(stats["score"][i]),
+                "flagged": bool(flagged[i]), "method": "training_dynamics", "aum": float(stats["aum"][i]),
+                "confidence": float(stats["confidence"][i]), "variability": float(stats["variability"][i]),
+                "forgetting_events": int(stats["forgetting"][i]), "epochs_seen": int(self.dynamics.seen[i]),
+                "cleanlab_quality": "",
+            })
+        if self.cleanlab_on_val and self.outputs is not None:
+            rows += self._confident_learning(trainer, self.outputs.latest("val"))
+        rows.sort(key=lambda r: (not r["flagged"], -r["score"]))
+        return rows
+
+    def _confident_learning(self, trainer: Trainer, val: EpochOutputs | None) -> list[dict[str, Any]]:
+        if val is None or len(val) < 2:
+            return []
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
+        names = trainer.datamodule.class_names
+        samples = trainer.datamodule.samples["val"]
+        probs = val.probs
+        try:
+            issues = find_label_issues(val.target, probs, filter_by="prune_by_noise_rate")
+            quality = get_label_quality_scores(val.target, probs)
+        except (ValueError, IndexError) as err:  # e.g. classes absent from the validation split
+            rank_zero_warn(f"LabelSuspects: confident learning on the validation split failed: {err}")
+            return []
+        suggested = np.where(issues, probs.argmax(axis=1), val.target)
+        others = probs.copy()
+        others[np.arange(len(val)), val.target] = -1
+        suggested = np.where(suggested == val.target, others.argmax(axis=1), suggested)
+        return [
+            {"split": "val", "index": int(i), "path": samples[i].path, "given_label": names[val.target[r]],
+             "suggested_label": names[suggested[r]], "score": float(1 - quality[r]), "flagged": bool(issues[r]),
+             "method": "confident_learning", "aum": "", "confidence": "", "variability": "",
+             "forgetting_events": "", "epochs_seen": "", "cleanlab_quality": float(quality[r])}
+            for r, i in enumerate(val.index)
+        ]
+
+    def write(self, trainer: Trainer, step: int) -> None:
+        rows = self.table(trainer)
+        out = rendering.reports_dir(trainer)
+
+        def as_row(r: dict[str, Any]) -> list:
+            return [round(v, 5) if isinstance(v, float) else v for v in (r[k] for k in SCORE_HEADER)]
+
+        rendering.write_csv(out / "label_scores.csv", SCORE_HEADER, [as_row(r) for r in rows if r["split"] == "train"])
+        suspects = [r for r in rows if r["flagged"]]
+        rendering.write_csv(out / "label_suspects.csv", SCORE_HEADER, [as_row(r) for r in suspects])
+        n_train = sum(r["split"] == "train" for r in suspects)
+        text = (
+            f"**epoch {step}: {n_train} training and {len(suspects) - n_train} validation samples flagged** "
+            f"(reports/label_suspects.csv). Top suspects:\n\n"
+            + rendering.markdown_table(
+                ["split", "index", "given", "suggested", "score", "aum", "path"],
+                [[r["split"], r["index"], r["given_label"], r["suggested_label"], r["score"], r["aum"], r["path"]]
+                 for r in suspects[:20]],
+            )
+        )
+        rendering.log_text(trainer, "train/label_suspects", text, step)
+        if rendering.tensorboard(trainer) is not None:
+            top = suspects[: self.gallery_size]
+            images = [self.thumbs(r["path"]) for r in top]
+            captions = [
+                [(f"given: {r['given_label']}", BAD), (f"suggest: {r['suggested_label']}", GOOD),
+                 (f"{r['split']} #{r['index']} s={r['score']:.2f}", INK)]
+                for r in top
+            ]
+            title = f"epoch {step}: top label suspects ({len(suspects)} flagged), given label in red"
+            rendering.log_image(trainer, "train/label_suspects", rendering.gallery(images, captions, title=title), step)
+            rendering.log_image(trainer, "train/data_map", self._data_map(trainer, step), step)
+
+    def _data_map(self, trainer: Trainer, step: int) -> np.ndarray:
+        import matplotlib.pyplot as plt
+
+        stats = self.dynamics.scores()
+        seen = self.dynamics.seen > 0
+        flagged = seen & (self.dynamics.seen >= self.min_epochs) & (stats["aum"] < self.max_margin)
+        injected = np.zeros(len(seen), bool)
+        train_index = {s.path: i for i, s in enumerate(trainer.datamodule.samples["train"])}
+        for flip in getattr(trainer.datamodule, "injected_noise", []):
+            if flip.path in train_index:
+                injected[train_index[flip.path]] = True
+        fig, ax = plt.subplots(figsize=(8, 6.5), dpi=100, layout="constrained")
+        rest = seen & ~flagged
+        ax.scatter(stats["variability"][rest], stats["confidence"][rest], s=6, c="#7f8c8d", alpha=0.4, linewidths=0,
+                   label=f"not flagged ({rest.sum()})")
+        ax.scatter(stats["variability"][flagged], stats["confidence"][flagged], s=14, c="#c0392b", alpha=0.8,
+                   linewidths=0, label=f"flagged ({flagged.sum()})")
+        if injected.any():
+            ax.scatter(stats["variability"][injected], stats["confidence"][injected], s=40, facecolors="none",
+                       edgecolors="black", linewidths=0.7, label=f"labels flipped on purpose ({injected.sum()})")
+        ax.set_xlabel("variability (std of p(given label) over epochs)")
+        ax.set_ylabel("confidence (mean p(given label) over epochs)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"data map, epoch {step}: easy = top, ambiguous = right, likely mislabelled = bottom left",
+                     fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+        return rendering.figure_to_array(fig)
+
+    # ------------------------------------------------------------------ resume
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.dynamics.state_dict() if self.dynamics is not None else {}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.dynamics is None:  # restored before setup: apply there
+            self._pending_state = state_dict
+        else:
+            self.dynamics.load_state_dict(state_dict)

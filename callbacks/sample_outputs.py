@@ -1,0 +1,276 @@
+"""The shared per-sample plumbing: collect each step's outputs, gather them across ranks once per
+epoch, de-duplicate by index, and hand the same result to every callback that asks.
+
+The review callbacks never run their own pass over the data; they read what the training,
+validation, test or predict steps already computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
+from datamodules.datamodule import HELDOUT
+
+STAGE_SPLIT = {"train": "train", "validation": "val", "test": "test", "predict": HELDOUT}
+
+
+@dataclass
+class EpochOutputs:
+    """Per-sample outputs of one split for one epoch, one row per sample, sorted by ``index``.
+
+    ``embedding`` holds rows only for the samples in ``embedding_index`` (a bounded,
+    stratified subset); everything else covers every sample seen this epoch.
+    """
+
+    split: str
+    epoch: int
+    index: np.ndarray  # (N,) int64, unique, ascending
+    target: np.ndarray  # (N,) int64
+    logits: np.ndarray  # (N, C) float32
+    loss: np.ndarray  # (N,) float32
+    embedding_index: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (M,)
+    embedding: np.ndarray | None = None  # (M, D) float32
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @cached_property
+    def probs(self) -> np.ndarray:
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    @cached_property
+    def pred(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Probability of the predicted class."""
+        return self.probs[np.arange(len(self)), self.pred]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred == self.target
+
+    def rows_of(self, indices: np.ndarray) -> np.ndarray:
+        """Row numbers of sample ``indices`` (which must be present)."""
+        return np.searchsorted(self.index, indices)
+
+
+def stratified_subset(targets: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``max_samples`` samples, every class in proportion (at least one each)."""
+    n = len(targets)
+    if n <= max_samples:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(targets, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * max_samples / n)).astype(int)
+    # Hand the rounding remainder to the largest classes, never exceeding max_samples.
+    for c in np.argsort(-counts)[: max(0, max_samples - quota.sum())]:
+        quota[c] += 1
+    picks = [rng.choice(np.flatnonzero(targets == c), size=min(q, cnt), replace=False)
+             for c, q, cnt in zip(classes, quota, counts, strict=True)]
+    return np.sort(np.concatenate(picks))[:max_samples]
+
+
+class SampleOutputs(Callback):
+    """Collects per-sample step outputs and gathers them across ranks, once per split and epoch.
+
+    The review callbacks find (or add) this callback with :func:`shared_outputs` in their
+    ``setup`` and call :meth:`require` for the splits they read; only those are collected.
+
+    Memory: per collected split, O(N x C) logits and O(N) other numbers for the epoch in
+    progress, plus embeddings for at most ``max_embeddings`` samples (a seeded, stratified
+    subset, the same every epoch). Nothing is kept from one epoch to the next.
+
+    Args:
+        max_embeddings: most samples per split whose pooled embedding is kept each epoch.
+        seed: seed of the embedding subset.
+
+    Raises:
+        ValueError: ``max_embeddings`` is negative.
+
+    Example::
+
+        trainer = Trainer(callbacks=[SampleOutputs(max_embeddings=1000), ConfusionMatrix()])
+    """
+
+    def __init__(self, max_embeddings: int = 2000, seed: int = 0) -> None:
+        if max_embeddings < 0:
+            raise ValueError(f"SampleOutputs(max_embeddings={max_embeddings}) must be >= 0.")
+        self.max_embeddings = max_embeddings
+        self.seed = seed
+        self._wanted: dict[str, bool] = {}  # split -> embeddings wanted
+        self._buffers: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self._subset_masks: dict[str, torch.Tensor] = {}
+        self._subsets: dict[str, np.ndarray] = {}
+        self._cache: dict[str, EpochOutputs] = {}  # this epoch's gathered outputs
+        self._latest: dict[str, EpochOutputs] = {}  # the last completed epoch's, kept until replaced
+
+    def require(self, split: str, *, embeddings: bool = False) -> None:
+        """Collects ``split`` (``train``, ``val``, ``test``, ``heldout``), with embeddings if asked."""
+        self._wanted[split] = self._wanted.get(split, False) or embeddings
+
+    def latest(self, split: str) -> EpochOutputs | None:
+        """The most recently gathered outputs of ``split`` (e.g. the previous training epoch's)."""
+        return self._latest.get(split)
+
+    def embedding_subset(self, trainer: Trainer, split: str) -> np.ndarray:
+        """Indices whose embeddings are kept for ``split`` (seeded, stratified, fixed for the run)."""
+        if split not in self._subsets:
+            targets = trainer.datamodule.targets(split)
+            self._subsets[split] = stratified_subset(targets, self.max_embeddings, self.seed)
+        return self._subsets[split]
+
+    # ------------------------------------------------------------------ collecting
+    def _start(self, trainer: Trainer, stage: str) -> None:
+        split = STAGE_SPLIT[stage]
+        self._cache.pop(split, None)
+        if split in self._wanted and not trainer.sanity_checking:
+            self._buffers[split] = {"index": [], "target": [], "logits": [], "loss": [], "emb_index": [], "emb": []}
+        else:
+            self._buffers.pop(split, None)
+
+    def _collect(self, trainer: Trainer, pl_module: LightningModule, stage: str, outputs: Any) -> None:
+        split = STAGE_SPLIT[stage]
+        buffers = self._buffers.get(split)
+        if buffers is None or not isinstance(outputs, dict) or "logits" not in outputs:
+            return
+        buffers["index"].append(outputs["index"])
+        buffers["target"].append(outputs["target"])
+        buffers["logits"].append(outputs["logits"].float())
+        buffers["loss"].append(outputs["sample_loss"].float())
+        if self._wanted[split] and self.max_embeddings:
+            mask = self._subset_mask(trainer, pl_module, split)[outputs["index"]]
+            buffers["emb_index"].append(outputs["index"][mask])
+            buffers["emb"].append(outputs["embedding"][mask].float())
+
+    def _subset_mask(self, trainer: Trainer, pl_module: LightningModule, split: str) -> torch.Tensor:
+        if split not in self._subset_masks:
+            mask = torch.zeros(len(trainer.datamodule.samples[split]), dtype=torch.bool)
+            mask[torch.from_numpy(self.embedding_subset(trainer, split))] = True
+            self._subset_masks[split] = mask.to(pl_module.device)
+        return self._subset_masks[split]
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "train")
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "validation")
+
+    @override
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "test")
+
+    @override
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start(trainer, "predict")
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Gather training outputs here, on every rank, so later hooks (validation of the next
+        # epoch, test) can read them without a collective call of their own.
+        if "train" in self._wanted:
+            self.gather(trainer, pl_module, "train")
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._collect(trainer, pl_module, "train", outputs)
+
+    @override
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, pl_module, "validation", outputs)
+
+    @override
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, pl_module, "test", outputs)
+
+    @override
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(trainer, pl_module, "predict", outputs)
+
+    # ------------------------------------------------------------------ gathering
+    def gather(self, trainer: Trainer, pl_module: LightningModule, split: str) -> EpochOutputs | None:
+        """This epoch's outputs of ``split`` from every rank, de-duplicated; computed once, then cached.
+
+        A collective call under DDP: every rank must call it, at the same point. Returns
+        ``None`` when ``split`` was not collected this epoch (e.g. during sanity checking).
+        """
+        if split in self._cache:
+            return self._cache[split]
+        buffers = self._buffers.get(split)
+        if buffers is None:
+            return None
+        device = pl_module.device
+        num_classes = int(pl_module.hparams.get("num_classes", 0)) or (
+            buffers["logits"][0].shape[1] if buffers["logits"] else 0
+        )
+
+        def cat(key: str, shape_tail: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            parts = buffers[key]
+            return torch.cat(parts) if parts else torch.empty((0, *shape_tail), dtype=dtype, device=device)
+
+        index = _gather_rows(trainer, pl_module, cat("index", (), torch.long))
+        target = _gather_rows(trainer, pl_module, cat("target", (), torch.long))
+        logits = _gather_rows(trainer, pl_module, cat("logits", (num_classes,), torch.float32))
+        loss = _gather_rows(trainer, pl_module, cat("loss", (), torch.float32))
+        # DistributedSampler pads the last batches with repeats: keep one row per index.
+        index_np, first = np.unique(index.cpu().numpy(), return_index=True)
+        result = EpochOutputs(
+            split=split,
+            epoch=trainer.current_epoch,
+            index=index_np,
+            target=target.cpu().numpy()[first],
+            logits=logits.cpu().numpy()[first],
+            loss=loss.cpu().numpy()[first],
+        )
+        if self._wanted.get(split) and self.max_embeddings:
+            dim = buffers["emb"][0].shape[1] if buffers["emb"] else _embedding_dim(pl_module)
+            emb_index = _gather_rows(trainer, pl_module, cat("emb_index", (), torch.long))
+            emb = _gather_rows(trainer, pl_module, cat("emb", (dim,), torch.float32))
+            result.embedding_index, first = np.unique(emb_index.cpu().numpy(), return_index=True)
+            result.embedding = emb.cpu().numpy()[first]
+        self._buffers.pop(split)
+        self._cache[split] = self._latest[split] = result
+        return result
+
+
+def _embedding_dim(pl_module: LightningModule) -> int:
+    return int(getattr(pl_module.backbone, "num_features", 0))
+
+
+def _gather_rows(trainer: Trainer, pl_module: LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """Concatenates ``rows`` from every rank; ranks may hold different numbers of rows.
+
+    ``all_gather`` needs equal shapes on every rank (or it hangs), so lengths are gathered
+    first and every rank pads to the longest.
+    """
+    if trainer.world_size == 1:
+        return rows
+    count = torch.tensor([rows.shape[0]], device=pl_module.device)
+    counts = pl_module.all_gather(count).view(-1).tolist()
+    longest = max(counts)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=pl_module.device)
+    padded[: rows.shape[0]] = rows
+    everything = pl_module.all_gather(padded)  # (world, longest, ...)
+    return torch.cat([everything[r, :n] for r, n in enumerate(counts)])
+
+
+def shared_outputs(trainer: Trainer) -> SampleOutputs:
+    """The run's :class:`SampleOutputs` callback, added with defaults if the config has none."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, SampleOutputs):
+            return callback
+    collector = SampleOutputs()
+    trainer.callbacks.append(collector)
+    return collector

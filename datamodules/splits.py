@@ -1,0 +1,63 @@
+"""Seeded, stratified splits: train/val(/test) fractions, and K folds for out-of-sample predictions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from datamodules.sources import DataError, Sample
+
+
+def assign_splits(samples: list[Sample], *, val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Sets ``split`` on every sample, per class, in place.
+
+    Written per class instead of with sklearn's ``train_test_split(stratify=...)``: that one
+    needs the held-out part to hold at least one sample of every class overall and fails on
+    small classes with a message that names no class; here every class gets at least one
+    validation sample (and one test sample when ``test_fraction > 0``) or a clear error.
+
+    Raises:
+        DataError: a class has too few images for the requested split.
+    """
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DataError(
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be fractions "
+            "in (0, 1) that add up to less than 1."
+        )
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample.label].append(sample)
+    rng = np.random.default_rng(seed)
+    for label in sorted(by_class):
+        members = by_class[label]
+        n_val = max(1, round(len(members) * val_fraction))
+        n_test = max(1, round(len(members) * test_fraction)) if test_fraction > 0 else 0
+        if len(members) - n_val - n_test < 1:
+            need = 2 + (test_fraction > 0)
+            raise DataError(
+                f"class {label!r} has {len(members)} readable image(s); splitting it into train/val"
+                f"{'/test' if n_test else ''} needs at least {need}. Add images to that class, remove it, "
+                "or give an explicit split (train/ and val/ folders, or a 'split' column)."
+            )
+        order = rng.permutation(len(members))
+        for rank, i in enumerate(order):
+            members[i].split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+
+
+def fold_of_each(labels: list[int], *, num_folds: int, seed: int) -> np.ndarray:
+    """Stratified fold id (0..num_folds-1) of each training sample; seeded, so every job agrees."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < num_folds:
+        small = int(np.flatnonzero((counts > 0) & (counts < num_folds))[0])
+        raise DataError(
+            f"data.num_folds={num_folds} needs at least {num_folds} training images per class; class id {small} "
+            f"has {counts[small]}. Use fewer folds."
+        )
+    folds = np.empty(len(labels), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        folds[held_out] = fold
+    return folds

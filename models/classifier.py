@@ -1,0 +1,269 @@
+"""The LightningModule: a timm backbone, AdamW with two learning rates, warm-up + cosine.
+
+Each step returns the per-sample outputs of its one forward pass (index, target, logits,
+pooled embedding, loss), which the data-quality callbacks collect; none of them runs a
+second pass over the data.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+
+import timm
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from models.backbones import create_backbone
+
+
+class ImageClassifier(LightningModule):
+    """Fine-tunes a timm backbone on ``num_classes`` classes.
+
+    Args:
+        name: timm model name.
+        num_classes: number of classes (set from the data at run time).
+        class_names: the class names, in class-id order; saved in checkpoints.
+        pretrained: load timm's pretrained weights from the hub.
+        weights: local weights (file, lookout checkpoint or packaged name), see ``create_backbone``.
+        lr: peak learning rate of the new head.
+        backbone_lr_scale: the backbone's peak learning rate as a fraction of ``lr``.
+        weight_decay: AdamW decoupled weight decay (not applied to biases and norm weights).
+        warmup_epochs: linear warm-up length in epochs (fractions allowed).
+        min_lr_scale: the cosine schedule ends at this fraction of the peak learning rate.
+        label_smoothing: cross-entropy label smoothing, in [0, 1).
+        freeze_backbone_epochs: train only the head for this many epochs first.
+        drop_rate: dropout before the classifier.
+        cache_dir: where converted weights are cached.
+
+    Raises:
+        ValueError: an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        name: str = "tf_efficientnet_lite0",
+        num_classes: int = 10,
+        class_names: list[str] | None = None,
+        pretrained: bool = False,
+        weights: str | None = None,
+        lr: float = 1e-3,
+        backbone_lr_scale: float = 0.1,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 0.5,
+        min_lr_scale: float = 0.01,
+        label_smoothing: float = 0.0,
+        freeze_backbone_epochs: int = 0,
+        drop_rate: float = 0.0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if lr <= 0 or backbone_lr_scale < 0 or not 0 <= label_smoothing < 1 or freeze_backbone_epochs < 0:
+            raise ValueError(
+                f"model: need lr > 0 (got {lr}), backbone_lr_scale >= 0 (got {backbone_lr_scale}), "
+                f"0 <= label_smoothing < 1 (got {label_smoothing}), freeze_backbone_epochs >= 0 "
+                f"(got {freeze_backbone_epochs})."
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+        # logger=False: hyper-parameters are logged once at the end, against the final metrics.
+        self.save_hyperparameters(logger=False)
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        self.backbone = create_backbone(
+            name, num_classes=num_classes, pretrained=pretrained, weights=weights, drop_rate=drop_rate,
+            cache_dir=cache_dir,
+        )
+        self.data_config = timm.data.resolve_model_data_config(self.backbone)
+
+        def metrics(prefix: str) -> MetricCollection:
+            return MetricCollection(
+                {
+                    "acc": MulticlassAccuracy(num_classes, average="micro"),
+                    "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+                },
+                prefix=prefix,
+            )
+
+        self.train_metrics, self.val_metrics, self.test_metrics = metrics("train/"), metrics("val/"), metrics("test/")
+        self.val_acc_best = MaxMetric()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def forward_with_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled embedding from one pass through the backbone.
+
+        The head runs twice on the shared features (cheap: pooling and one linear layer), so
+        the logits are exactly ``forward``'s for every timm model, whatever its head holds.
+        """
+        features = self.backbone.forward_features(images)
+        embedding = self.backbone.forward_head(features, pre_logits=True)
+        logits = self.backbone.forward_head(features)
+        return logits, embedding
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        images, targets = batch["image"], batch["target"]
+        if images.numel() == 0:  # every file of the batch failed to load; they are reported
+            return None
+        logits, embedding = self.forward_with_embedding(images)
+        sample_loss = F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.hparams.label_smoothing)
+        return {
+            "loss": sample_loss.mean(),
+            "index": batch["index"],
+            "target": targets,
+            "logits": logits.detach(),
+            "embedding": embedding.detach(),
+            "sample_loss": sample_loss.detach(),
+        }
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        out = self._step(batch)
+        if out is None:
+            return None
+        self.train_metrics.update(out["logits"], out["target"])
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=len(out["target"]))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return out
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        return self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        return self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        return self._step(batch)
+
+    def _eval_step(self, batch, metrics: MetricCollection, split: str) -> dict[str, torch.Tensor] | None:
+        out = self._step(batch)
+        if out is None:
+            return None
+        metrics.update(out["logits"], out["target"])
+        self.log(f"{split}/loss", out["loss"], on_epoch=True, prog_bar=split == "val", sync_dist=True,
+                 batch_size=len(out["target"]))
+        self.log_dict(metrics, on_epoch=True, prog_bar=split == "val")
+        return out
+
+    def on_train_start(self) -> None:
+        # Sanity-check batches must not count as the best validation accuracy.
+        self.val_acc_best.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best.update(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The validation metrics this checkpoint was saved with, as plain floats, so an
+        # evaluation of the checkpoint can show it reproduces them.
+        checkpoint["val_metrics"] = {
+            k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")
+        }
+        # Lightning does not save random states; with them a resumed run continues with the
+        # same shuffling and dropout as an uninterrupted one. Plain types only (weights_only).
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states and self._trainer is not None and self._trainer.state.fn == "fit":
+            set_rng_states(states)
+            self._rng_before_sanity_check = states
+
+    def on_fit_start(self) -> None:
+        if getattr(self, "_rng_before_sanity_check", None) is None:
+            self._rng_before_sanity_check = rng_states()
+
+    def on_validation_end(self) -> None:
+        # The sanity check draws random numbers (DataLoader seeds); undo that, so a resumed run
+        # draws the same shuffling and dropout as the uninterrupted one (and any run draws the
+        # same with or without a sanity check).
+        if self.trainer.sanity_checking and getattr(self, "_rng_before_sanity_check", None) is not None:
+            set_rng_states(self._rng_before_sanity_check)
+        self._rng_before_sanity_check = None
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch < self.hparams.freeze_backbone_epochs:
+            # A frozen backbone keeps its BatchNorm statistics too.
+            classifier = self.backbone.get_classifier()
+            for module in self.backbone.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module not in classifier.modules():
+                    module.eval()
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW, two learning rates (backbone, head), no decay on biases and norm weights.
+
+        The frozen-backbone phase is a zero learning rate for the backbone groups, not
+        ``requires_grad=False`` (which is what Lightning's ``BackboneFinetuning`` toggles):
+        DDP builds its gradient buckets once and breaks when the set of trainable parameters
+        changes mid-run, and a zero rate composes with any scheduler.
+        """
+        hp = self.hparams
+        head_ids = {id(p) for p in self.backbone.get_classifier().parameters()}
+        groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+        for param in self.backbone.parameters():
+            part = "head" if id(param) in head_ids else "backbone"
+            groups.setdefault((part, param.ndim > 1), []).append(param)
+        param_groups = [
+            {
+                "params": params,
+                "lr": hp.lr * (1.0 if part == "head" else hp.backbone_lr_scale),
+                "weight_decay": hp.weight_decay if decay else 0.0,
+                "part": part,
+                "name": f"{part}" if decay else f"{part}_no_decay",  # for the learning-rate curves
+            }
+            for (part, decay), params in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=hp.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = int(hp.warmup_epochs * per_epoch)
+        frozen = int(hp.freeze_backbone_epochs * per_epoch)
+        lambdas = [
+            _warmup_cosine(total, warmup, hp.min_lr_scale, start=frozen if g["part"] == "backbone" else 0)
+            for g in param_groups
+        ]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def rng_states() -> dict[str, Any]:
+    """torch, numpy and Python random states as tensors and plain values."""
+    mt_name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _warmup_cosine(total: int, warmup: int, floor: float, start: int = 0):
+    """LR multiplier: 0 before ``start``, linear warm-up, then cosine decay to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < start:
+            return 0.0
+        step -= start
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - start - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

