@@ -43,7 +43,9 @@ def load_folds(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame |
         reports = file.parent
         names = json.loads((reports / "classes.json").read_text())
         if classes is not None and names != classes:
-            raise StitchError(f"{reports} has classes {names}, other folds have {classes}: the jobs used different data.")
+            raise StitchError(
+                f"{reports} has classes {names}, other folds have {classes}: the jobs used different data."
+            )
         classes = names
         summary = json.loads((reports / "data_summary.json").read_text())
         train_sizes.add(summary["used"].get("train", 0) + summary["used"].get("heldout", 0))
@@ -83,15 +85,17 @@ def find_issues(folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     quality = get_label_quality_scores(labels, probs)
     others = probs.copy()
     others[np.arange(len(labels)), labels] = -1
-    table = pd.DataFrame({
-        "path": folds["path"],
-        "given_label": folds["given_label"],
-        "suggested_label": [classes[i] for i in others.argmax(axis=1)],
-        "score": 1 - quality,
-        "flagged": issues,
-        "cleanlab_quality": quality,
-        "fold": folds["fold"],
-    })
+    table = pd.DataFrame(
+        {
+            "path": folds["path"],
+            "given_label": folds["given_label"],
+            "suggested_label": [classes[i] for i in others.argmax(axis=1)],
+            "score": 1 - quality,
+            "flagged": issues,
+            "cleanlab_quality": quality,
+            "fold": folds["fold"],
+        }
+    )
     return table.sort_values(["flagged", "score"], ascending=[False, False], kind="stable")[HEADER]
 
 
@@ -113,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if noise is not None:
         flipped = set(noise["path"])
         hits = flagged["path"].isin(flipped).sum()
-        print(f"injected label noise: {len(flipped)} flips; flagged {hits} of them "
-              f"(precision {hits / max(1, len(flagged)):.2f}, recall {hits / max(1, len(flipped)):.2f}).")
+        print(
+            f"injected label noise: {len(flipped)} flips; flagged {hits} of them "
+            f"(precision {hits / max(1, len(flagged)):.2f}, recall {hits / max(1, len(flipped)):.2f})."
+        )
     return 0
 
 

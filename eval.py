@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
 import harness  # first: sets up the environment and the config resolvers
-
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from datamodules import DataError  # noqa: E402
+from datamodules import DataError
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:

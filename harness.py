@@ -17,12 +17,12 @@ from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations' import otherwise calls the network
 
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from lightning.pytorch import Callback, Trainer  # noqa: E402
-from lightning.pytorch.loggers import Logger  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parent
 # Set by a run for the DDP processes Lightning starts: the resolved config they must use.
@@ -62,9 +62,7 @@ def build(cfg: DictConfig, *, num_classes_from: Callable | None = None):
     """
     datamodule = instantiate(cfg.data, augment=cfg.augment, _recursive_=False)
     datamodule.prepare()
-    class_names, model_kwargs = (
-        num_classes_from(datamodule) if num_classes_from else (datamodule.class_names, {})
-    )
+    class_names, model_kwargs = num_classes_from(datamodule) if num_classes_from else (datamodule.class_names, {})
     # _convert_="all": plain lists/dicts in the model's hyper-parameters, so checkpoints load
     # with torch.load(weights_only=True).
     model = instantiate(
@@ -148,8 +146,17 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     except ValueError:  # not inside a Hydra job (a DDP child, a test)
         pass
     keep = {
-        "model": ("name", "lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing",
-                  "freeze_backbone_epochs", "drop_rate", "pretrained"),
+        "model": (
+            "name",
+            "lr",
+            "backbone_lr_scale",
+            "weight_decay",
+            "warmup_epochs",
+            "label_smoothing",
+            "freeze_backbone_epochs",
+            "drop_rate",
+            "pretrained",
+        ),
         "data": ("source", "image_size", "batch_size", "label_noise", "label_noise_type", "num_folds", "fold"),
         "trainer": ("max_epochs", "precision", "devices"),
     }

@@ -1,23 +1,22 @@
 """Fine-tune an image classifier: compose the config -> build -> fit -> test -> summary.
 
-    python train.py                                     # built-in digits, offline
-    python train.py data=folder data.root=~/shots augment=drone model.name=convnext_tiny
-    python train.py -m model.lr=1e-3,3e-4               # a sweep, one run folder per job
-    python train.py hparams_search=optuna               # an Optuna search on `optimized_metric`
-    python train.py ckpt_path=<run>/checkpoints/last.ckpt   # resume
+python train.py                                     # built-in digits, offline
+python train.py data=folder data.root=~/shots augment=drone model.name=convnext_tiny
+python train.py -m model.lr=1e-3,3e-4               # a sweep, one run folder per job
+python train.py hparams_search=optuna               # an Optuna search on `optimized_metric`
+python train.py ckpt_path=<run>/checkpoints/last.ckpt   # resume
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
 import harness  # first: sets up the environment and the config resolvers
-
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from datamodules import HELDOUT  # noqa: E402
+from datamodules import HELDOUT
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -54,7 +53,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.optimized_metric in metrics:
         lines.append(f"best         {cfg.optimized_metric} = {metrics[cfg.optimized_metric]:.4f}")
     if "test/acc" in metrics:
-        lines.append(f"test         test/acc = {metrics['test/acc']:.4f}, test/f1_macro = {metrics['test/f1_macro']:.4f}")
+        lines.append(
+            f"test         test/acc = {metrics['test/acc']:.4f}, test/f1_macro = {metrics['test/f1_macro']:.4f}"
+        )
     if best:
         lines.append(f"checkpoint   {best}")
     lines.append(f"review       tensorboard --logdir {run_dir} --samples_per_plugin images=1000")

@@ -77,9 +77,10 @@ class AugmentationPreview(Callback):
                     images.append(rendering.fit_square(augmented, self.thumbnail_size))
                     captions.append([(f"{name} #{i}", INK), (f"augmented {d + 1}", INK)])
         size = datamodule.preprocessing["input_size"]
-        title = (f"train augmentation: original | {self.draws} draws, at the model input size "
-                 f"{size[1]}x{size[0]} (shown {self.thumbnail_size} px)")
+        title = (
+            f"train augmentation: original | {self.draws} draws, at the model input size "
+            f"{size[1]}x{size[0]} (shown {self.thumbnail_size} px)"
+        )
         grid = rendering.gallery(images, captions, columns=1 + self.draws, title=title)
         rendering.save_png(rendering.reports_dir(trainer) / "augmentation_preview.png", grid)
         rendering.log_image(trainer, "train/augmentation_preview", grid, trainer.current_epoch)
-

@@ -85,9 +85,8 @@ class ConfusionMatrix(SplitReview):
             figure = self._pairs_figure(pairs, names, title)
         rendering.log_image(trainer, f"{split}/confusion_matrix", figure, step)
         rows = [(f"{names[t]} → {names[p]}", n, f"{share:.1%}") for t, p, n, share in pairs]
-        text = (
-            f"**{title}.** Most confused pairs (true → predicted, count, share of the true class):\n\n"
-            + (rendering.markdown_table(["pair", "count", "share"], rows) if rows else "_no mistakes_")
+        text = f"**{title}.** Most confused pairs (true → predicted, count, share of the true class):\n\n" + (
+            rendering.markdown_table(["pair", "count", "share"], rows) if rows else "_no mistakes_"
         )
         rendering.log_text(trainer, f"{split}/confused_pairs", text, step)
 
@@ -133,6 +132,7 @@ class ConfusionMatrix(SplitReview):
         for y, (count, (_, _, _, share)) in enumerate(zip(counts, pairs[::-1], strict=True)):
             ax.text(count, y, f" {count} ({share:.0%})", va="center", fontsize=8)
         ax.set_xlabel("samples (share of the true class)")
-        ax.set_title(f"{title}\nmost confused pairs, true → predicted ({len(names)} classes: too many for a grid)",
-                     fontsize=10)
+        ax.set_title(
+            f"{title}\nmost confused pairs, true → predicted ({len(names)} classes: too many for a grid)", fontsize=10
+        )
         return rendering.figure_to_array(fig)

@@ -14,7 +14,15 @@ from callbacks.sample_outputs import EpochOutputs
 
 SPRITE_LIMIT = 8192  # px per side; TensorBoard's projector does not load larger sprites
 METADATA_HEADER = [
-    "label", "prediction", "correct", "confidence", "loss", "dist_own_centroid", "dist_pred_centroid", "index", "path",
+    "label",
+    "prediction",
+    "correct",
+    "confidence",
+    "loss",
+    "dist_own_centroid",
+    "dist_pred_centroid",
+    "index",
+    "path",
 ]
 
 
@@ -96,10 +104,21 @@ class EmbeddingProjector(SplitReview):
         meta_keys = sorted({k for s in samples for k in s.meta})
         header = METADATA_HEADER + meta_keys
         table = [
-            [names[t], names[p], "yes" if t == p else "no", round(float(c), 4), round(float(lo), 4),
-             round(float(d1), 4), round(float(d2), 4), int(i), s.path, *(s.meta.get(k, "") for k in meta_keys)]
-            for t, p, c, lo, d1, d2, i, s in zip(target, pred, confidence, loss, own, predicted, subset, samples,
-                                                 strict=True)
+            [
+                names[t],
+                names[p],
+                "yes" if t == p else "no",
+                round(float(c), 4),
+                round(float(lo), 4),
+                round(float(d1), 4),
+                round(float(d2), 4),
+                int(i),
+                s.path,
+                *(s.meta.get(k, "") for k in meta_keys),
+            ]
+            for t, p, c, lo, d1, d2, i, s in zip(
+                target, pred, confidence, loss, own, predicted, subset, samples, strict=True
+            )
         ]
         rendering.write_csv(rendering.reports_dir(trainer, split) / "embedding_points.csv", header, table)
 
@@ -131,16 +150,31 @@ class EmbeddingProjector(SplitReview):
         cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
         fig, ax = plt.subplots(figsize=(8.5, 7), dpi=100, layout="constrained")
         colours = [cmap(t % cmap.N) for t in target]
-        ax.scatter(points[~wrong, 0], points[~wrong, 1], c=[colours[i] for i in np.flatnonzero(~wrong)], s=10,
-                   alpha=0.6, linewidths=0)
-        ax.scatter(points[wrong, 0], points[wrong, 1], c=[colours[i] for i in np.flatnonzero(wrong)], s=60,
-                   marker="X", edgecolors="black", linewidths=0.8, label="misclassified (colour = true class)")
+        ax.scatter(
+            points[~wrong, 0],
+            points[~wrong, 1],
+            c=[colours[i] for i in np.flatnonzero(~wrong)],
+            s=10,
+            alpha=0.6,
+            linewidths=0,
+        )
+        ax.scatter(
+            points[wrong, 0],
+            points[wrong, 1],
+            c=[colours[i] for i in np.flatnonzero(wrong)],
+            s=60,
+            marker="X",
+            edgecolors="black",
+            linewidths=0.8,
+            label="misclassified (colour = true class)",
+        )
         if len(names) <= 20:
             for c, name in enumerate(names):
                 ax.scatter([], [], color=cmap(c % cmap.N), s=30, label=name)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
-        ax.set_title(f"{title}: PCA of pooled embeddings, {len(emb)} points, {wrong.sum()} misclassified (X)",
-                     fontsize=10)
+        ax.set_title(
+            f"{title}: PCA of pooled embeddings, {len(emb)} points, {wrong.sum()} misclassified (X)", fontsize=10
+        )
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
         return rendering.figure_to_array(fig)

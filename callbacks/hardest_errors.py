@@ -87,9 +87,16 @@ class HardestErrors(SplitReview):
             rendering.reports_dir(trainer, split) / "hardest.csv",
             CSV_HEADER,
             [
-                [rank, int(outputs.index[r]), samples[outputs.index[r]].path, names[outputs.target[r]],
-                 names[outputs.pred[r]], round(float(outputs.confidence[r]), 4), round(float(prob_true[r]), 4),
-                 round(float(outputs.loss[r]), 4)]
+                [
+                    rank,
+                    int(outputs.index[r]),
+                    samples[outputs.index[r]].path,
+                    names[outputs.target[r]],
+                    names[outputs.pred[r]],
+                    round(float(outputs.confidence[r]), 4),
+                    round(float(prob_true[r]), 4),
+                    round(float(outputs.loss[r]), 4),
+                ]
                 for rank, r in enumerate(by_loss, start=1)
             ],
         )
@@ -134,7 +141,9 @@ class HardestErrors(SplitReview):
                 images.append(self.thumbs(train_samples[train_index].path))
                 same = label == names[outputs.pred[query]]
                 captions.append([(f"train: {label}", BAD if same else INK), (f"#{train_index}", INK), ("", INK)])
-        title = (f"{outputs.split} epoch {step}: hardest errors (first column) and their nearest training images "
-                 f"(labels in red = the wrongly predicted class)")
+        title = (
+            f"{outputs.split} epoch {step}: hardest errors (first column) and their nearest training images "
+            f"(labels in red = the wrongly predicted class)"
+        )
         image = rendering.gallery(images, captions, columns=1 + self.neighbours, title=title)
         rendering.log_image(trainer, f"{outputs.split}/hardest_errors_neighbours", image, step)

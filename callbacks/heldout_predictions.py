@@ -46,8 +46,15 @@ class HeldoutPredictions(Callback):
         names = datamodule.class_names
         samples = datamodule.samples[HELDOUT]
         rows = [
-            [samples[i].path, int(i), datamodule.fold, datamodule.num_folds, names[t], int(t),
-             *(round(float(p), 6) for p in probs)]
+            [
+                samples[i].path,
+                int(i),
+                datamodule.fold,
+                datamodule.num_folds,
+                names[t],
+                int(t),
+                *(round(float(p), 6) for p in probs),
+            ]
             for i, t, probs in zip(outputs.index, outputs.target, outputs.probs, strict=True)
         ]
         header = ["path", "index", "fold", "num_folds", "given_label", "label_id", *(f"prob_{n}" for n in names)]

@@ -31,8 +31,20 @@ from callbacks.sample_outputs import EpochOutputs, SampleOutputs, shared_outputs
 
 STATE_KEYS = ("seen", "margin_sum", "prob_sum", "prob_sq_sum", "last_correct", "forgetting", "other_class")
 SCORE_HEADER = [
-    "split", "index", "path", "given_label", "suggested_label", "score", "flagged", "method",
-    "aum", "confidence", "variability", "forgetting_events", "epochs_seen", "cleanlab_quality",
+    "split",
+    "index",
+    "path",
+    "given_label",
+    "suggested_label",
+    "score",
+    "flagged",
+    "method",
+    "aum",
+    "confidence",
+    "variability",
+    "forgetting_events",
+    "epochs_seen",
+    "cleanlab_quality",
 ]
 
 
@@ -88,8 +100,13 @@ class TrainingDynamics:
         mask = self.seen > 0
         if mask.any():
             score[mask] = 0.5 * (_percentile_rank(-aum[mask]) + _percentile_rank(-confidence[mask]))
-        return {"aum": aum, "confidence": confidence, "variability": variability,
-                "forgetting": self.forgetting.copy(), "score": score}
+        return {
+            "aum": aum,
+            "confidence": confidence,
+            "variability": variability,
+            "forgetting": self.forgetting.copy(),
+            "score": score,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_samples": self.num_samples, **{k: torch.from_numpy(getattr(self, k).copy()) for k in STATE_KEYS}}
@@ -219,14 +236,24 @@ class LabelSuspects(Callback):
         rows = []
         for i in np.flatnonzero(self.dynamics.seen > 0):
             other = self.dynamics.other_class[i]
-            rows.append({
-                "split": "train", "index": int(i), "path": samples[i].path, "given_label": names[targets[i]],
-                "suggested_label": names[other] if other >= 0 else "", "score": float(stats["score"][i]),
-                "flagged": bool(flagged[i]), "method": "training_dynamics", "aum": float(stats["aum"][i]),
-                "confidence": float(stats["confidence"][i]), "variability": float(stats["variability"][i]),
-                "forgetting_events": int(stats["forgetting"][i]), "epochs_seen": int(self.dynamics.seen[i]),
-                "cleanlab_quality": "",
-            })
+            rows.append(
+                {
+                    "split": "train",
+                    "index": int(i),
+                    "path": samples[i].path,
+                    "given_label": names[targets[i]],
+                    "suggested_label": names[other] if other >= 0 else "",
+                    "score": float(stats["score"][i]),
+                    "flagged": bool(flagged[i]),
+                    "method": "training_dynamics",
+                    "aum": float(stats["aum"][i]),
+                    "confidence": float(stats["confidence"][i]),
+                    "variability": float(stats["variability"][i]),
+                    "forgetting_events": int(stats["forgetting"][i]),
+                    "epochs_seen": int(self.dynamics.seen[i]),
+                    "cleanlab_quality": "",
+                }
+            )
         if self.cleanlab_on_val and self.outputs is not None:
             rows += self._confident_learning(trainer, self.outputs.latest("val"))
         rows.sort(key=lambda r: (not r["flagged"], -r["score"]))
@@ -252,10 +279,22 @@ class LabelSuspects(Callback):
         others[np.arange(len(val)), val.target] = -1
         suggested = np.where(suggested == val.target, others.argmax(axis=1), suggested)
         return [
-            {"split": "val", "index": int(i), "path": samples[i].path, "given_label": names[val.target[r]],
-             "suggested_label": names[suggested[r]], "score": float(1 - quality[r]), "flagged": bool(issues[r]),
-             "method": "confident_learning", "aum": "", "confidence": "", "variability": "",
-             "forgetting_events": "", "epochs_seen": "", "cleanlab_quality": float(quality[r])}
+            {
+                "split": "val",
+                "index": int(i),
+                "path": samples[i].path,
+                "given_label": names[val.target[r]],
+                "suggested_label": names[suggested[r]],
+                "score": float(1 - quality[r]),
+                "flagged": bool(issues[r]),
+                "method": "confident_learning",
+                "aum": "",
+                "confidence": "",
+                "variability": "",
+                "forgetting_events": "",
+                "epochs_seen": "",
+                "cleanlab_quality": float(quality[r]),
+            }
             for r, i in enumerate(val.index)
         ]
 
@@ -275,8 +314,10 @@ class LabelSuspects(Callback):
             f"(reports/label_suspects.csv). Top suspects:\n\n"
             + rendering.markdown_table(
                 ["split", "index", "given", "suggested", "score", "aum", "path"],
-                [[r["split"], r["index"], r["given_label"], r["suggested_label"], r["score"], r["aum"], r["path"]]
-                 for r in suspects[:20]],
+                [
+                    [r["split"], r["index"], r["given_label"], r["suggested_label"], r["score"], r["aum"], r["path"]]
+                    for r in suspects[:20]
+                ],
             )
         )
         rendering.log_text(trainer, "train/label_suspects", text, step)
@@ -284,8 +325,11 @@ class LabelSuspects(Callback):
             top = suspects[: self.gallery_size]
             images = [self.thumbs(r["path"]) for r in top]
             captions = [
-                [(f"given: {r['given_label']}", BAD), (f"suggest: {r['suggested_label']}", GOOD),
-                 (f"{r['split']} #{r['index']} s={r['score']:.2f}", INK)]
+                [
+                    (f"given: {r['given_label']}", BAD),
+                    (f"suggest: {r['suggested_label']}", GOOD),
+                    (f"{r['split']} #{r['index']} s={r['score']:.2f}", INK),
+                ]
                 for r in top
             ]
             title = f"epoch {step}: top label suspects ({len(suspects)} flagged), given label in red"
@@ -305,18 +349,40 @@ class LabelSuspects(Callback):
                 injected[train_index[flip.path]] = True
         fig, ax = plt.subplots(figsize=(8, 6.5), dpi=100, layout="constrained")
         rest = seen & ~flagged
-        ax.scatter(stats["variability"][rest], stats["confidence"][rest], s=6, c="#7f8c8d", alpha=0.4, linewidths=0,
-                   label=f"not flagged ({rest.sum()})")
-        ax.scatter(stats["variability"][flagged], stats["confidence"][flagged], s=14, c="#c0392b", alpha=0.8,
-                   linewidths=0, label=f"flagged ({flagged.sum()})")
+        ax.scatter(
+            stats["variability"][rest],
+            stats["confidence"][rest],
+            s=6,
+            c="#7f8c8d",
+            alpha=0.4,
+            linewidths=0,
+            label=f"not flagged ({rest.sum()})",
+        )
+        ax.scatter(
+            stats["variability"][flagged],
+            stats["confidence"][flagged],
+            s=14,
+            c="#c0392b",
+            alpha=0.8,
+            linewidths=0,
+            label=f"flagged ({flagged.sum()})",
+        )
         if injected.any():
-            ax.scatter(stats["variability"][injected], stats["confidence"][injected], s=40, facecolors="none",
-                       edgecolors="black", linewidths=0.7, label=f"labels flipped on purpose ({injected.sum()})")
+            ax.scatter(
+                stats["variability"][injected],
+                stats["confidence"][injected],
+                s=40,
+                facecolors="none",
+                edgecolors="black",
+                linewidths=0.7,
+                label=f"labels flipped on purpose ({injected.sum()})",
+            )
         ax.set_xlabel("variability (std of p(given label) over epochs)")
         ax.set_ylabel("confidence (mean p(given label) over epochs)")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"data map, epoch {step}: easy = top, ambiguous = right, likely mislabelled = bottom left",
-                     fontsize=10)
+        ax.set_title(
+            f"data map, epoch {step}: easy = top, ambiguous = right, likely mislabelled = bottom left", fontsize=10
+        )
         ax.legend(loc="upper right", fontsize=8)
         return rendering.figure_to_array(fig)
 

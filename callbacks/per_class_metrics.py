@@ -61,8 +61,13 @@ class PerClassMetrics(SplitReview):
         order = np.lexsort((-values["support"], values["f1"]))  # worst F1 first, bigger classes first on ties
         header = ["class", "precision", "recall", "f1", "support"]
         rows = [
-            [names[c], float(values["precision"][c]), float(values["recall"][c]), float(values["f1"][c]),
-             int(values["support"][c])]
+            [
+                names[c],
+                float(values["precision"][c]),
+                float(values["recall"][c]),
+                float(values["f1"][c]),
+                int(values["support"][c]),
+            ]
             for c in order
         ]
         split = outputs.split

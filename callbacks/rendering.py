@@ -14,12 +14,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # renders without a display, also inside DataLoader-free callbacks on servers
 
-import numpy as np  # noqa: E402
-from lightning.pytorch import Trainer  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+import numpy as np
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image, ImageDraw, ImageFont
 
-from datamodules.image_io import UnreadableImageError, read_rgb  # noqa: E402
+from datamodules.image_io import UnreadableImageError, read_rgb
 
 GOOD = (27, 120, 55)
 BAD = (200, 30, 30)

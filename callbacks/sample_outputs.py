@@ -76,8 +76,10 @@ def stratified_subset(targets: np.ndarray, max_samples: int, seed: int) -> np.nd
     # Hand the rounding remainder to the largest classes, never exceeding max_samples.
     for c in np.argsort(-counts)[: max(0, max_samples - quota.sum())]:
         quota[c] += 1
-    picks = [rng.choice(np.flatnonzero(targets == c), size=min(q, cnt), replace=False)
-             for c, q, cnt in zip(classes, quota, counts, strict=True)]
+    picks = [
+        rng.choice(np.flatnonzero(targets == c), size=min(q, cnt), replace=False)
+        for c, q, cnt in zip(classes, quota, counts, strict=True)
+    ]
     return np.sort(np.concatenate(picks))[:max_samples]
 
 

@@ -159,13 +159,17 @@ class ImageDataModule(LightningDataModule):
             raise DataError(f"no readable images in {data_root} (see the unreadable list: {len(self.unreadable)}).")
 
         if all(s.split is None for s in samples):
-            assign_splits(samples, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
-                          seed=self.split_seed)
+            assign_splits(
+                samples, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.split_seed
+            )
         by_split = {split: [s for s in samples if s.split == split] for split in SPLITS}
         self.class_names = self._class_names(by_split, data_root)
 
         self.injected_noise = inject_label_noise(
-            by_split["train"], self.class_names, fraction=self.label_noise, kind=self.label_noise_type,
+            by_split["train"],
+            self.class_names,
+            fraction=self.label_noise,
+            kind=self.label_noise_type,
             seed=self.split_seed,
         )
         if self.num_folds:
@@ -269,8 +273,9 @@ class ImageDataModule(LightningDataModule):
         if unique and rank_zero_only.rank == 0 and self.reports_dir is not None:
             self.unreadable.extend(unique)
             self.summary["failed_to_load"] = len(unique)
-            _write_csv(self.reports_dir / "unreadable.csv", self.unreadable,
-                       ["path", "label", "split", "reason", "found_by"])
+            _write_csv(
+                self.reports_dir / "unreadable.csv", self.unreadable, ["path", "label", "split", "reason", "found_by"]
+            )
             (self.reports_dir / "data_summary.json").write_text(json.dumps(self.summary, indent=1) + "\n")
         return unique
 
@@ -302,8 +307,11 @@ class ImageDataModule(LightningDataModule):
     def train_transform(self, *, normalize: bool = True):
         ops = transforms.instantiate_ops(self.augment.get("ops") or {})
         return transforms.build_train_transform(
-            **self.preprocessing, crop=self.augment.get("crop") or {"mode": "center"}, ops=ops,
-            seed=self.augment_seed, normalize=normalize,
+            **self.preprocessing,
+            crop=self.augment.get("crop") or {"mode": "center"},
+            ops=ops,
+            seed=self.augment_seed,
+            normalize=normalize,
         )
 
     def eval_transform(self):
@@ -365,8 +373,9 @@ class ImageDataModule(LightningDataModule):
                 self.load_failures.append(
                     {"path": sample.path, "label": sample.label, "split": split, "reason": reason, "found_by": "load"}
                 )
-                warnings.warn(f"skipped a file that failed to load during {split}: {sample.path}: {reason}",
-                              stacklevel=1)
+                warnings.warn(
+                    f"skipped a file that failed to load during {split}: {sample.path}: {reason}", stacklevel=1
+                )
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -383,10 +392,11 @@ class ImageDataModule(LightningDataModule):
         if saved and self.class_names and list(saved) != self.class_names:
             raise DataError(
                 f"the checkpoint was trained on {len(saved)} classes {list(saved)[:10]}, but this data has "
-                f"{len(self.class_names)}: {self.class_names[:10]}. Evaluate on data with the same class folders/labels."
+                f"{len(self.class_names)}: {self.class_names[:10]}. Evaluate on data with the same classes."
             )
         if state_dict.get("preprocessing"):
             self._preprocessing = dict(state_dict["preprocessing"])
+
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -400,4 +410,3 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 def summary_counts_add_up(summary: Mapping[str, Any]) -> bool:
     """found == excluded + unreadable + used (all splits, the held-out fold included)."""
     return summary["found"] == summary["excluded_by_user"] + summary["unreadable"] + sum(summary["used"].values())
-

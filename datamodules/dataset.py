@@ -52,6 +52,10 @@ def collate_skipping_failures(items: list[dict]) -> dict:
     if good:
         batch = default_collate(good)
     else:
-        batch = {"image": torch.empty(0), "target": torch.empty(0, dtype=torch.long), "index": torch.empty(0, dtype=torch.long)}
+        batch = {
+            "image": torch.empty(0),
+            "target": torch.empty(0, dtype=torch.long),
+            "index": torch.empty(0, dtype=torch.long),
+        }
     batch["failed"] = failed
     return batch

@@ -66,9 +66,7 @@ def exclude_samples(
     return kept, excluded
 
 
-def relabel_samples(
-    samples: list[Sample], file: str | os.PathLike, *, base: Path | None = None
-) -> list[dict]:
+def relabel_samples(samples: list[Sample], file: str | os.PathLike, *, base: Path | None = None) -> list[dict]:
     """Sets the label of every sample ``file`` lists, in place; returns what changed.
 
     The file needs columns ``path`` and ``label``; a ``label_suspects.csv`` report (which has

@@ -170,9 +170,7 @@ def csv_samples(manifest: str | os.PathLike) -> SourceListing:
         bad = table.index[~table["split"].isin(SPLITS)]
         if len(bad):
             values = sorted(set(table.loc[bad, "split"]))
-            raise DataError(
-                f"{manifest}: split must be one of {list(SPLITS)}, got {values} on row(s) {_rows(bad)}."
-            )
+            raise DataError(f"{manifest}: split must be one of {list(SPLITS)}, got {values} on row(s) {_rows(bad)}.")
     base = manifest.parent
     paths = [str((base / Path(p).expanduser()).resolve()) for p in table["path"]]
     counts = Counter(paths)

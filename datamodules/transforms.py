@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import otherwise calls the network
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
+import albumentations as A
+import cv2
+from albumentations.pytorch import ToTensorV2
 
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,

@@ -115,8 +115,7 @@ def _local_weights_file(name: str, weights: str, cache_dir: Path) -> Path:
         architecture, load = PACKAGED_WEIGHTS[weights]
         if name != architecture:
             raise WeightsError(
-                f"model.weights={weights} holds {architecture} weights; set model.name={architecture} "
-                f"(got {name!r})."
+                f"model.weights={weights} holds {architecture} weights; set model.name={architecture} (got {name!r})."
             )
         cached = cache_dir / f"{architecture}.{weights}.safetensors"
         if not cached.exists():

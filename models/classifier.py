@@ -12,7 +12,6 @@ import random
 from typing import Any
 
 import numpy as np
-
 import timm
 import torch
 import torch.nn.functional as F
@@ -76,7 +75,11 @@ class ImageClassifier(LightningModule):
         self.save_hyperparameters(logger=False)
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.backbone = create_backbone(
-            name, num_classes=num_classes, pretrained=pretrained, weights=weights, drop_rate=drop_rate,
+            name,
+            num_classes=num_classes,
+            pretrained=pretrained,
+            weights=weights,
+            drop_rate=drop_rate,
             cache_dir=cache_dir,
         )
         self.data_config = timm.data.resolve_model_data_config(self.backbone)
@@ -145,8 +148,14 @@ class ImageClassifier(LightningModule):
         if out is None:
             return None
         metrics.update(out["logits"], out["target"])
-        self.log(f"{split}/loss", out["loss"], on_epoch=True, prog_bar=split == "val", sync_dist=True,
-                 batch_size=len(out["target"]))
+        self.log(
+            f"{split}/loss",
+            out["loss"],
+            on_epoch=True,
+            prog_bar=split == "val",
+            sync_dist=True,
+            batch_size=len(out["target"]),
+        )
         self.log_dict(metrics, on_epoch=True, prog_bar=split == "val")
         return out
 
@@ -236,11 +245,15 @@ class ImageClassifier(LightningModule):
 
 def rng_states() -> dict[str, Any]:
     """torch, numpy and Python random states as tensors and plain values."""
-    mt_name, keys, pos, has_gauss, cached = np.random.get_state()
+    _mt_name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": random.getstate(),
     }
 
@@ -248,8 +261,9 @@ def rng_states() -> dict[str, Any]:
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     n = states["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
 

@@ -7,17 +7,17 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import subprocess
+import sys
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
 
-import harness  # noqa: E402, F401  (registers the config resolvers)
+import harness  # noqa: F401  (registers the config resolvers)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def write_digits(root: Path, per_class: int = 30, classes: int = 10, size: int =
         members = np.flatnonzero(digits.target == c)
         folder = root / f"digit_{c}"
         folder.mkdir(parents=True, exist_ok=True)
-        for k, i in enumerate(rng.choice(members, size=per_class, replace=False)):
+        for _k, i in enumerate(rng.choice(members, size=per_class, replace=False)):
             pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
             Image.fromarray(pixels).resize((size, size), Image.Resampling.NEAREST).convert("RGB").save(
                 folder / f"d{i:04d}.png"
@@ -82,11 +82,11 @@ def tiny_cfg(digits_folder, tmp_path):
 def run_cli(args: list[str], timeout: int = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Runs ``python <args>`` as a user would, in a fresh process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
-        raise AssertionError(f"python {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"python {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -99,6 +99,6 @@ def trained(tmp_path_factory, digits_folder):
     from train import train
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    cfg = compose_config(tiny_overrides(digits_folder, run_dir) + ["data.test_fraction=0.1", "trainer.max_epochs=3"])
+    cfg = compose_config([*tiny_overrides(digits_folder, run_dir), "data.test_fraction=0.1", "trainer.max_epochs=3"])
     metrics = train(cfg)
     return run_dir, metrics, cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import re
 
@@ -26,8 +27,9 @@ def events(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = trained[0]
-    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0,
-                                                                               "scalars": 0})
+    accumulator = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0, "scalars": 0}
+    )
     accumulator.Reload()
     return accumulator
 
@@ -99,8 +101,9 @@ def test_projector_files_parse_with_one_metadata_row_per_point(trained):
     side = math.ceil(math.sqrt(VAL_SIZE)) * 48
     assert sprite.size == (side, side)
     points = _read_csv(trained[0] / "reports" / "val" / "embedding_points.csv")
-    matrix = np.array([[int(v) for v in row[1:]] for row in _read_csv(trained[0] / "reports" / "val" /
-                                                                       "confusion_matrix.csv")[1:]])
+    matrix = np.array(
+        [[int(v) for v in row[1:]] for row in _read_csv(trained[0] / "reports" / "val" / "confusion_matrix.csv")[1:]]
+    )
     assert sum(r[2] == "yes" for r in points[1:]) == np.trace(matrix)
 
 
@@ -116,7 +119,7 @@ def test_confused_pairs_and_the_many_class_figure():
     matrix[3, 7] = 15
     pairs = confused_pairs(matrix, 5)
     assert pairs[0][:3] == (3, 7, 15)
-    assert all(a[2] >= b[2] for a, b in zip(pairs, pairs[1:], strict=False))
+    assert all(a[2] >= b[2] for a, b in itertools.pairwise(pairs))
     image = ConfusionMatrix._pairs_figure(pairs, [f"class_{i}" for i in range(40)], "val epoch 0")
     assert image.shape[2] == 3 and image.shape[1] >= 800
 

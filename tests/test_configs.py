@@ -14,8 +14,10 @@ from harness import ConfigError, instantiate_group
 from tests.conftest import ROOT, compose_config
 
 GROUPS = ["data", "augment", "model", "callbacks", "trainer", "logger", "experiment", "hparams_search", "debug"]
-NEEDS = {"data": {"folder": ["data.root=/tmp"], "csv": ["data.manifest=/tmp/m.csv"]},
-         "experiment": {"drone": ["data.root=/tmp"]}}
+NEEDS = {
+    "data": {"folder": ["data.root=/tmp"], "csv": ["data.manifest=/tmp/m.csv"]},
+    "experiment": {"drone": ["data.root=/tmp"]},
+}
 
 
 def options(group: str) -> list[str]:
@@ -34,8 +36,16 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
         for obj in instantiate_group(cfg.get(name), name):
             assert obj is not None
     ops = instantiate_ops(cfg.augment.get("ops") or {})
-    pipeline = build_train_transform(input_size=(64, 64), crop_pct=0.9, interpolation="bicubic", mean=(0.5,) * 3,
-                                     std=(0.5,) * 3, crop=cfg.augment.crop, ops=ops, seed=0)
+    pipeline = build_train_transform(
+        input_size=(64, 64),
+        crop_pct=0.9,
+        interpolation="bicubic",
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        crop=cfg.augment.crop,
+        ops=ops,
+        seed=0,
+    )
     image = np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)
     assert tuple(pipeline(image=image)["image"].shape) == (3, 64, 64)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -74,7 +84,7 @@ def test_albumentations_1x_argument_names_fail_loudly():
 
 def test_callback_node_without_target_is_an_error():
     cfg = OmegaConf.create({"mine": {"every_n_epochs": 2}})
-    with pytest.raises(ConfigError, match="callbacks.mine has no _target_"):
+    with pytest.raises(ConfigError, match=r"callbacks\.mine has no _target_"):
         instantiate_group(cfg, "callbacks")
     assert instantiate_group(OmegaConf.create({"off": None}), "callbacks") == []
 

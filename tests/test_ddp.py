@@ -53,8 +53,16 @@ def test_ddp_sim_writes_one_run_folder_and_counts_each_sample_once(odd_digits, t
 @pytest.mark.slow
 def test_ddp_sim_inside_a_multirun(odd_digits, tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli(["train.py", "-m", *_overrides(odd_digits, tmp_path), "model.lr=1e-3,3e-3", "trainer.max_epochs=1",
-             f"hydra.sweep.dir={sweep}"])
+    run_cli(
+        [
+            "train.py",
+            "-m",
+            *_overrides(odd_digits, tmp_path),
+            "model.lr=1e-3,3e-3",
+            "trainer.max_epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert jobs == ["0", "1"]
     for job in jobs:

@@ -14,8 +14,18 @@ from datamodules import ImageDataModule
 from datamodules.datamodule import summary_counts_add_up
 from datamodules.image_io import UnreadableImageError, check_image, read_rgb, scan_images
 
-GOOD = ["rgb.png", "gray.png", "rgba.png", "palette.gif", "cmyk.jpg", "gray16.png", "exif_rotated.jpg", "bilevel.bmp",
-        "photo.tif", "photo.webp"]
+GOOD = [
+    "rgb.png",
+    "gray.png",
+    "rgba.png",
+    "palette.gif",
+    "cmyk.jpg",
+    "gray16.png",
+    "exif_rotated.jpg",
+    "bilevel.bmp",
+    "photo.tif",
+    "photo.webp",
+]
 BAD = {
     "truncated.jpg": "truncated",
     "truncated.png": "truncated",
@@ -98,7 +108,7 @@ def test_scan_finds_every_bad_file_with_its_reason(odd_folder, mode):
 
 def test_unreadable_file_raises_a_short_reason(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
-    with pytest.raises(UnreadableImageError, match="not an image|empty|truncated"):
+    with pytest.raises(UnreadableImageError, match=r"not an image|empty|truncated"):
         read_rgb(tmp_path / "a.jpg")
     assert check_image(tmp_path / "missing.png") == "file not found"
 
@@ -134,8 +144,14 @@ def test_a_file_that_breaks_after_the_scan_is_reported_not_fatal(digits_folder, 
 
     root = tmp_path / "data"
     shutil.copytree(digits_folder, root)
-    dm = ImageDataModule(source="folder", root=str(root), val_fraction=0.2, reports_dir=str(tmp_path / "reports"),
-                         num_workers=0, batch_size=8)
+    dm = ImageDataModule(
+        source="folder",
+        root=str(root),
+        val_fraction=0.2,
+        reports_dir=str(tmp_path / "reports"),
+        num_workers=0,
+        batch_size=8,
+    )
     dm.prepare()
     dm.set_preprocessing({"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3})
     victim = dm.samples["train"][3].path

@@ -40,7 +40,7 @@ def test_class_pair_noise_moves_each_class_to_the_next():
 
 
 def test_noise_arguments_are_checked():
-    with pytest.raises(DataError, match="label_noise=1.5"):
+    with pytest.raises(DataError, match=r"label_noise=1\.5"):
         inject_label_noise(_samples(), ["c0"], fraction=1.5, kind="uniform", seed=0)
     with pytest.raises(DataError, match="label_noise_type='gaussian'"):
         inject_label_noise(_samples(), ["c0", "c1"], fraction=0.1, kind="gaussian", seed=0)
@@ -73,8 +73,9 @@ def test_exclude_drops_exactly_the_listed_samples(digits_folder, tmp_path):
     listed = [base.samples["train"][i].path for i in (0, 5, 9)] + [base.samples["val"][2].path]
     relative = [str(p.replace(str(digits_folder) + "/", "")) for p in listed[2:]]  # relative to the data root
     _write(tmp_path / "drop.csv", ["path", "note"], [[p, "blurry"] for p in listed[:2] + relative])
-    dm = ImageDataModule(source="folder", root=str(digits_folder), exclude=str(tmp_path / "drop.csv"),
-                         reports_dir=str(tmp_path / "r"))
+    dm = ImageDataModule(
+        source="folder", root=str(digits_folder), exclude=str(tmp_path / "drop.csv"), reports_dir=str(tmp_path / "r")
+    )
     dm.prepare()
     kept = {s.path for group in dm.samples.values() for s in group}
     before = {s.path for group in base.samples.values() for s in group}
@@ -89,11 +90,13 @@ def test_relabel_changes_exactly_the_listed_labels(digits_folder, tmp_path):
     base.prepare()
     target = base.samples["train"][4]
     _write(tmp_path / "fix.csv", ["path", "label"], [[target.path, "digit_8"]])
-    dm = ImageDataModule(source="folder", root=str(digits_folder), relabel=str(tmp_path / "fix.csv"),
-                         reports_dir=str(tmp_path / "r"))
+    dm = ImageDataModule(
+        source="folder", root=str(digits_folder), relabel=str(tmp_path / "fix.csv"), reports_dir=str(tmp_path / "r")
+    )
     dm.prepare()
-    changed = [(a.path, b.label) for a, b in zip(base.samples["train"], dm.samples["train"], strict=True)
-               if a.label != b.label]
+    changed = [
+        (a.path, b.label) for a, b in zip(base.samples["train"], dm.samples["train"], strict=True) if a.label != b.label
+    ]
     assert changed == [(target.path, "digit_8")]
     with open(tmp_path / "r" / "relabelled.csv") as f:
         assert list(csv.DictReader(f)) == [
@@ -120,8 +123,11 @@ def test_label_suspects_report_works_as_exclude_and_relabel_input(digits_folder,
     dm = ImageDataModule(source="folder", root=str(digits_folder))
     dm.prepare()
     s = dm.samples["train"][1]
-    _write(tmp_path / "label_suspects.csv", ["split", "index", "path", "given_label", "suggested_label", "score"],
-           [["train", 1, s.path, s.label, "digit_3" if s.label != "digit_3" else "digit_4", 0.9]])
+    _write(
+        tmp_path / "label_suspects.csv",
+        ["split", "index", "path", "given_label", "suggested_label", "score"],
+        [["train", 1, s.path, s.label, "digit_3" if s.label != "digit_3" else "digit_4", 0.9]],
+    )
     fixed = ImageDataModule(source="folder", root=str(digits_folder), relabel=str(tmp_path / "label_suspects.csv"))
     fixed.prepare()
     assert fixed.samples["train"][1].label in ("digit_3", "digit_4") and fixed.samples["train"][1].label != s.label

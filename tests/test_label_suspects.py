@@ -55,30 +55,51 @@ def test_unseen_samples_have_no_score_and_state_round_trips():
 
 def _scores(path) -> dict[tuple[str, str], list[str]]:
     with open(path) as f:
-        return {(r["split"], r["index"]): [r["aum"], r["confidence"], r["variability"], r["forgetting_events"],
-                                           r["epochs_seen"]] for r in csv.DictReader(f) if r["split"] == "train"}
+        return {
+            (r["split"], r["index"]): [
+                r["aum"],
+                r["confidence"],
+                r["variability"],
+                r["forgetting_events"],
+                r["epochs_seen"],
+            ]
+            for r in csv.DictReader(f)
+            if r["split"] == "train"
+        }
 
 
 @pytest.mark.slow
 def test_resume_gives_the_same_scores_as_an_uninterrupted_run(digits_folder, tmp_path):
-    common = ["trainer.max_epochs=3", "trainer.deterministic=true", "augment=none",
-              "callbacks=minimal", "+callbacks.label_suspects._target_=callbacks.LabelSuspects"]
+    common = [
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "augment=none",
+        "callbacks=minimal",
+        "+callbacks.label_suspects._target_=callbacks.LabelSuspects",
+    ]
     whole = compose_config(tiny_overrides(digits_folder, tmp_path / "whole") + common)
     train(whole)
-    stopped = compose_config(tiny_overrides(digits_folder, tmp_path / "part1") + common + [
-        "+callbacks.stop._target_=tests.helpers.StopAfterEpoch", "+callbacks.stop.epoch=1"])
+    stopped = compose_config(
+        tiny_overrides(digits_folder, tmp_path / "part1")
+        + common
+        + ["+callbacks.stop._target_=tests.helpers.StopAfterEpoch", "+callbacks.stop.epoch=1"]
+    )
     train(stopped)
     assert {r[4] for r in _scores(tmp_path / "part1" / "reports" / "label_scores.csv").values()} == {"2"}
-    resumed = compose_config(tiny_overrides(digits_folder, tmp_path / "part2") + common + [
-        f"ckpt_path={tmp_path / 'part1' / 'checkpoints' / 'last.ckpt'}"])
+    resumed = compose_config(
+        tiny_overrides(digits_folder, tmp_path / "part2")
+        + common
+        + [f"ckpt_path={tmp_path / 'part1' / 'checkpoints' / 'last.ckpt'}"]
+    )
     train(resumed)
     expected = _scores(tmp_path / "whole" / "reports" / "label_scores.csv")
     got = _scores(tmp_path / "part2" / "reports" / "label_scores.csv")
     assert len(expected) == 240 and set(got) == set(expected)
     for key, values in expected.items():
         assert got[key][4] == values[4] == "3"
-        np.testing.assert_allclose([float(v) for v in got[key][:4]], [float(v) for v in values[:4]], atol=1e-5,
-                                   err_msg=str(key))
+        np.testing.assert_allclose(
+            [float(v) for v in got[key][:4]], [float(v) for v in values[:4]], atol=1e-5, err_msg=str(key)
+        )
 
 
 def test_suspects_report_lists_flagged_samples_with_evidence(trained):
@@ -104,9 +125,17 @@ def test_suspects_report_lists_flagged_samples_with_evidence(trained):
 def test_kfold_jobs_and_the_stitch_command_cover_the_training_set_once(digits_folder, tmp_path):
     sweep = tmp_path / "sweep"
     for fold in range(3):
-        cfg = compose_config(tiny_overrides(digits_folder, sweep / str(fold)) + [
-            "data.num_folds=3", f"data.fold={fold}", "data.label_noise=0.1", "trainer.max_epochs=1",
-            "callbacks=minimal", "+callbacks.heldout_predictions._target_=callbacks.HeldoutPredictions"])
+        cfg = compose_config(
+            [
+                *tiny_overrides(digits_folder, sweep / str(fold)),
+                "data.num_folds=3",
+                f"data.fold={fold}",
+                "data.label_noise=0.1",
+                "trainer.max_epochs=1",
+                "callbacks=minimal",
+                "+callbacks.heldout_predictions._target_=callbacks.HeldoutPredictions",
+            ]
+        )
         train(cfg)
         with open(sweep / str(fold) / "reports" / "heldout_probs.csv") as f:
             rows = list(csv.DictReader(f))

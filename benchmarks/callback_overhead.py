@@ -1,0 +1,66 @@
+"""Cost of the review callbacks: epoch time and peak memory of the default run with
+`callbacks=default` versus `callbacks=none`, in alternating fresh processes.
+
+    python -m benchmarks.callback_overhead [--pairs 3] [--epochs 3] [extra overrides ...]
+
+Epoch time excludes the first epoch (start-up) and counts everything else in an epoch:
+training steps, validation, every review panel and epoch-end hook. The ratio of medians is
+reported; the machine is noisy, so runs alternate between the two settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import RESULTS, machine, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=3, help="alternating (default, none) pairs")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not timed)")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for both settings")
+    args = parser.parse_args()
+    settings = {"default": ["callbacks=default"], "none": ["callbacks=none"]}
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
+    with tempfile.TemporaryDirectory(prefix="lookout-bench-") as tmp:
+        for pair in range(args.pairs):
+            order = list(settings) if pair % 2 == 0 else list(settings)[::-1]
+            for name in order:
+                overrides = [*settings[name], f"trainer.max_epochs={args.epochs}", *args.overrides]
+                result = run(Path(tmp) / f"{name}_{pair}", overrides)
+                runs[name].append(result)
+                print(
+                    f"pair {pair} {name:8s} epochs {[round(s, 1) for s in result['epoch_seconds']]} "
+                    f"peak {result['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
+
+    def epoch_median(name: str) -> float:
+        return statistics.median(s for r in runs[name] for s in r["epoch_seconds"][1:])
+
+    def peak_median(name: str) -> float:
+        return statistics.median(r["peak_rss_mib"] for r in runs[name])
+
+    summary = {
+        "machine": machine(),
+        "command": "python -m benchmarks.callback_overhead "
+        + " ".join([f"--pairs {args.pairs}", f"--epochs {args.epochs}", *args.overrides]),
+        "epoch_seconds_median": {name: epoch_median(name) for name in runs},
+        "epoch_time_ratio": epoch_median("default") / epoch_median("none"),
+        "peak_rss_mib_median": {name: peak_median(name) for name in runs},
+        "peak_memory_ratio": peak_median("default") / peak_median("none"),
+        "total_seconds_median": {name: statistics.median(r["total_seconds"] for r in runs[name]) for name in runs},
+        "val_acc_best": {name: [r["metrics"].get("val/acc_best") for r in runs[name]] for name in runs},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "callback_overhead.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

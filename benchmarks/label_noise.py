@@ -1,0 +1,107 @@
+"""How well the single-run label suspects find injected label errors, against cleanlab on
+K-fold out-of-sample probabilities of the same model and epochs.
+
+    python -m benchmarks.label_noise [--folds 5] [--scenarios uniform_10 uniform_30 pair_20] [overrides ...]
+
+For each scenario the built-in training labels are flipped on purpose (data.label_noise),
+then (a) one run with the LabelSuspects callback scores every training sample, and (b) K
+fold jobs predict their held-out folds and crossval_label_issues.py runs confident learning
+over the stitched probabilities. Reported per method: AUROC of the score against the
+injected flips, precision and recall of the flagged set, and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from benchmarks.common import RESULTS, machine, run
+from crossval_label_issues import main as stitch
+
+SCENARIOS = {
+    "uniform_10": ["data.label_noise=0.1", "data.label_noise_type=uniform"],
+    "uniform_30": ["data.label_noise=0.3", "data.label_noise_type=uniform"],
+    "pair_20": ["data.label_noise=0.2", "data.label_noise_type=class_pair"],
+}
+SINGLE = ["callbacks=minimal", "+callbacks.label_suspects._target_=callbacks.LabelSuspects"]
+FOLD = ["callbacks=minimal", "+callbacks.heldout_predictions._target_=callbacks.HeldoutPredictions"]
+COMPONENTS = {"score": 1, "aum": -1, "confidence": -1, "variability": 1, "forgetting_events": 1}
+
+
+def _read(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _detection(paths: list[str], scores: np.ndarray, flagged: np.ndarray, noisy: set[str]) -> dict:
+    truth = np.array([p in noisy for p in paths])
+    hits = int((flagged & truth).sum())
+    return {
+        "auroc": float(roc_auc_score(truth, scores)),
+        "flagged": int(flagged.sum()),
+        "precision": hits / max(1, int(flagged.sum())),
+        "recall": hits / max(1, int(truth.sum())),
+    }
+
+
+def scenario(name: str, folds: int, extra: list[str], tmp: Path) -> dict:
+    overrides = [*SCENARIOS[name], *extra]
+    single_dir = tmp / name / "single"
+    single = run(single_dir, [*SINGLE, *overrides])
+    noisy = {r["path"] for r in _read(single_dir / "reports" / "injected_noise.csv")}
+    rows = _read(single_dir / "reports" / "label_scores.csv")
+    paths = [r["path"] for r in rows]
+    flagged = np.array([r["flagged"] == "True" for r in rows])
+    result = {"injected": len(noisy), "train_samples": len(rows)}
+    result["single_run"] = _detection(paths, np.array([float(r["score"]) for r in rows]), flagged, noisy)
+    result["single_run"]["seconds"] = single["total_seconds"]
+    result["single_run"]["component_auroc"] = {
+        key: float(roc_auc_score([p in noisy for p in paths], sign * np.array([float(r[key]) for r in rows])))
+        for key, sign in COMPONENTS.items()
+    }
+    seconds = 0.0
+    for fold in range(folds):
+        job = run(tmp / name / "kfold" / str(fold), [*FOLD, *overrides, f"data.num_folds={folds}", f"data.fold={fold}"])
+        seconds += job["total_seconds"]
+    assert stitch([str(tmp / name / "kfold")]) == 0
+    quality = _read(tmp / name / "kfold" / "label_quality.csv")
+    result["kfold_cleanlab"] = _detection(
+        [r["path"] for r in quality],
+        np.array([float(r["score"]) for r in quality]),
+        np.array([r["flagged"] == "True" for r in quality]),
+        noisy,
+    )
+    result["kfold_cleanlab"]["seconds"] = seconds
+    result["auroc_gap"] = result["single_run"]["auroc"] - result["kfold_cleanlab"]["auroc"]
+    result["compute_ratio"] = result["single_run"]["seconds"] / seconds
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
+    args = parser.parse_args()
+    results = {
+        "machine": machine(),
+        "command": "python -m benchmarks.label_noise "
+        + " ".join([f"--folds {args.folds}", "--scenarios", *args.scenarios, *args.overrides]),
+        "scenarios": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="lookout-noise-") as tmp:
+        for name in args.scenarios:
+            results["scenarios"][name] = scenario(name, args.folds, args.overrides, Path(tmp))
+            print(name, json.dumps(results["scenarios"][name], indent=1), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "label_noise.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

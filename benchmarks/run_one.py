@@ -1,0 +1,68 @@
+"""One benchmark training run in a fresh process: `python -m benchmarks.run_one RUN_DIR [overrides...]`.
+
+Composes the training config exactly as `train.py` would, adds an epoch timer, trains, and
+writes RUN_DIR/benchmark.json: per-epoch wall times, total wall time, peak memory, metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from lightning.pytorch import Callback
+from omegaconf import open_dict
+
+import harness  # noqa: F401  (config resolvers)
+from train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch, from its start to the next one's (validation, review
+    panels and every epoch-end hook included); written to ``path`` when fitting ends."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.starts: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        ends = [*self.starts[1:], time.perf_counter()]
+        self.path.write_text(json.dumps([b - a for a, b in zip(self.starts, ends, strict=True)]))
+
+
+def main() -> None:
+    run_dir, overrides = Path(sys.argv[1]), sys.argv[2:]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={run_dir}"])
+    with open_dict(cfg):
+        if cfg.callbacks is None:
+            cfg.callbacks = {}
+        cfg.callbacks["epoch_timer"] = {
+            "_target_": "benchmarks.run_one.EpochTimer",
+            "path": str(run_dir / "epoch_seconds.json"),
+        }
+    start = time.perf_counter()
+    metrics = train(cfg)
+    total = time.perf_counter() - start
+    result = {
+        "overrides": overrides,
+        "epoch_seconds": json.loads((run_dir / "epoch_seconds.json").read_text()),
+        "total_seconds": total,
+        # Peak resident memory of this process, and of the largest DataLoader worker.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "metrics": metrics,
+    }
+    (run_dir / "benchmark.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
