@@ -57,9 +57,9 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     lines = [f"checkpoint   {ckpt_path} (epoch {checkpoint.get('epoch')}, {trained['name']})"]
     for key, now in results.get("val", {}).items():
         if key in saved:
-            lines.append(f"{key:<13}now {now:.4f}   saved with checkpoint {saved[key]:.4f}")
+            lines.append(f"{key:<15}now {now:.4f}   saved with checkpoint {saved[key]:.4f}")
     for key, now in results.get("test", {}).items():
-        lines.append(f"{key:<13}{now:.4f}")
+        lines.append(f"{key:<15}{now:.4f}")
     lines.append(f"run folder   {run_dir}")
     lines.append(f"review       tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
     harness.print_summary(lines)

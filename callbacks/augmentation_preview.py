@@ -75,7 +75,7 @@ class AugmentationPreview(Callback):
                 for d in range(self.draws):
                     augmented = pipeline(image=original)["image"]
                     images.append(rendering.fit_square(augmented, self.thumbnail_size))
-                    captions.append([(f"{name} #{i}", INK), (f"augmented {d + 1}", INK)])
+                    captions.append([("", INK), (f"augmented {d + 1}", INK)])
         size = datamodule.preprocessing["input_size"]
         title = (
             f"train augmentation: original | {self.draws} draws, at the model input size "

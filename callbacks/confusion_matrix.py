@@ -100,9 +100,8 @@ class ConfusionMatrix(SplitReview):
         annotate = n <= 20
         fontsize = 9 if n <= 12 else 7
         fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side + 0.6), dpi=100, layout="constrained")
-        for ax, values, label in ((axes[0], matrix, "count"), (axes[1], rates, "share of true class")):
-            shown = values if label == "count" else values * 100
-            image = ax.imshow(values, cmap="Blues", vmin=0, vmax=values.max() or 1)
+        for ax, values, label in ((axes[0], matrix, "count"), (axes[1], rates * 100, "% of true class")):
+            image = ax.imshow(values, cmap="Blues", vmin=0, vmax=(values.max() or 1) if label == "count" else 100)
             ax.set_xticks(range(n), labels=names, rotation=90 if n > 8 else 0, fontsize=fontsize)
             ax.set_yticks(range(n), labels=names, fontsize=fontsize)
             ax.set_xlabel("predicted")
@@ -110,11 +109,11 @@ class ConfusionMatrix(SplitReview):
             ax.set_title("counts" if label == "count" else "row-normalised (% of true class)", fontsize=10)
             fig.colorbar(image, ax=ax, shrink=0.8, label=label)
             if annotate:
-                threshold = values.max() / 2 if values.max() else 1
+                threshold = image.norm.vmax / 2
                 for t in range(n):
                     for p in range(n):
                         if matrix[t, p]:
-                            text = f"{int(shown[t, p])}" if label == "count" else f"{shown[t, p]:.0f}"
+                            text = f"{int(values[t, p])}" if label == "count" else f"{values[t, p]:.0f}"
                             colour = "white" if values[t, p] > threshold else "black"
                             ax.text(p, t, text, ha="center", va="center", fontsize=fontsize - 1, color=colour)
         fig.suptitle(title, fontsize=11)

@@ -145,7 +145,10 @@ class EmbeddingProjector(SplitReview):
         import matplotlib.pyplot as plt
         from sklearn.decomposition import PCA
 
-        points = PCA(n_components=2, random_state=0).fit_transform(emb) if len(emb) > 2 else np.zeros((len(emb), 2))
+        # On unit vectors (cosine geometry): raw pooled features have a few huge dimensions
+        # that would otherwise squeeze every class into one corner.
+        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        points = PCA(n_components=2, random_state=0).fit_transform(unit) if len(emb) > 2 else np.zeros((len(emb), 2))
         wrong = target != pred
         cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
         fig, ax = plt.subplots(figsize=(8.5, 7), dpi=100, layout="constrained")
@@ -173,7 +176,8 @@ class EmbeddingProjector(SplitReview):
                 ax.scatter([], [], color=cmap(c % cmap.N), s=30, label=name)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
         ax.set_title(
-            f"{title}: PCA of pooled embeddings, {len(emb)} points, {wrong.sum()} misclassified (X)", fontsize=10
+            f"{title}: PCA of L2-normalised pooled embeddings, {len(emb)} points, {wrong.sum()} misclassified (X)",
+            fontsize=10,
         )
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")

@@ -116,7 +116,7 @@ class HardestErrors(SplitReview):
         return [
             (f"true: {names[outputs.target[row]]}", GOOD),
             (f"pred: {names[outputs.pred[row]]} {outputs.confidence[row]:.0%}", BAD),
-            (f"#{outputs.index[row]}  loss {outputs.loss[row]:.2f}", INK),
+            (f"#{outputs.index[row]}  loss {outputs.loss[row]:.3g}", INK),
         ]
 
     def _log_neighbours(self, trainer: Trainer, outputs: EpochOutputs, by_loss: np.ndarray, step: int) -> None:

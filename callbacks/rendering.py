@@ -142,7 +142,7 @@ def gallery(
         images: ``S x S x 3`` uint8 thumbnails, all the same size.
         captions: per image, lines of ``(text, rgb colour)``.
         columns: thumbnails per row.
-        title: a line above the grid.
+        title: text above the grid, wrapped to its width.
         font_size: caption font size in px.
     """
     if not images:
@@ -154,11 +154,13 @@ def gallery(
     cell_h = size + n_lines * line_h + 10
     columns = max(1, min(columns, len(images)))
     rows = -(-len(images) // columns)
-    title_h = font_size + 14 if title else 0
+    title_font = font(font_size + 2)
+    title_lines = _wrap(title, columns * cell_w - 12, title_font) if title else []
+    title_h = len(title_lines) * (font_size + 6) + 8 if title else 0
     canvas = Image.new("RGB", (columns * cell_w, rows * cell_h + title_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((6, 5), title, fill=INK, font=font(font_size + 2))
+    for k, line in enumerate(title_lines):
+        draw.text((6, 5 + k * (font_size + 6)), line, fill=INK, font=title_font)
     for i, (image, lines) in enumerate(zip(images, captions, strict=True)):
         x0, y0 = (i % columns) * cell_w, (i // columns) * cell_h + title_h
         canvas.paste(Image.fromarray(image), (x0 + (cell_w - size) // 2, y0 + 4))
@@ -166,6 +168,18 @@ def gallery(
             text = _fit(draw, text, cell_w - 6, font(font_size))
             draw.text((x0 + 4, y0 + size + 6 + j * line_h), text, fill=colour, font=font(font_size))
     return np.asarray(canvas)
+
+
+def _wrap(text: str, width: int, typeface) -> list[str]:
+    """Greedy word wrap to ``width`` pixels."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}", font=typeface) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, typeface) -> str:
