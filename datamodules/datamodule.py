@@ -195,7 +195,7 @@ class ImageDataModule(LightningDataModule):
 
     def _list(self):
         if self.source == "builtin":
-            root = builtin_digits(self.root, seed=self.split_seed, val_fraction=0.1, test_fraction=0.1)
+            root = builtin_digits(self.root)
             return root, folder_samples(root)
         if self.source == "folder":
             return Path(self.root).expanduser().resolve(), folder_samples(self.root)

