@@ -71,7 +71,7 @@ class HardestErrors(SplitReview):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self.needs_embeddings:
-            self.outputs.require("train", embeddings=True)
+            self.outputs.require("train", logits=False, embeddings=True)
 
     def review(self, trainer: Trainer, pl_module: LightningModule, outputs: EpochOutputs, step: int) -> None:
         datamodule = trainer.datamodule

@@ -65,19 +65,18 @@ class TrainingDynamics:
         self.forgetting = np.zeros(num_samples, np.int64)
         self.other_class = np.full(num_samples, -1, np.int64)  # strongest other class, last epoch
 
-    def update(self, index: np.ndarray, target: np.ndarray, logits: np.ndarray) -> None:
-        """Adds one epoch's logits of the samples ``index`` (each at most once)."""
-        rows = np.arange(len(index))
-        given = logits[rows, target]
-        others = logits.copy()
-        others[rows, target] = -np.inf
-        other_class = others.argmax(axis=1)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        p_given = probs[rows, target]
-        correct = (given > others[rows, other_class]).astype(np.int8)
+    def update(self, index: np.ndarray, margin: np.ndarray, p_given: np.ndarray, other_class: np.ndarray) -> None:
+        """Adds one epoch of the samples ``index`` (each at most once).
+
+        Args:
+            index: sample indices.
+            margin: logit of the given label minus the largest other logit.
+            p_given: softmax probability of the given label.
+            other_class: class of the largest other logit.
+        """
+        correct = (margin > 0).astype(np.int8)
         self.seen[index] += 1
-        self.margin_sum[index] += given - others[rows, other_class]
+        self.margin_sum[index] += margin
         self.prob_sum[index] += p_given
         self.prob_sq_sum[index] += p_given**2
         self.forgetting[index] += (self.last_correct[index] == 1) & (correct == 0)
@@ -107,6 +106,11 @@ class TrainingDynamics:
             "forgetting": self.forgetting.copy(),
             "score": score,
         }
+
+    def flagged(self, max_margin: float, min_epochs: int) -> np.ndarray:
+        """Samples seen at least ``min_epochs`` times whose AUM is below ``max_margin``."""
+        aum = np.where(self.seen > 0, self.margin_sum / np.maximum(self.seen, 1), np.inf)
+        return (self.seen >= min_epochs) & (aum < max_margin)
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_samples": self.num_samples, **{k: torch.from_numpy(getattr(self, k).copy()) for k in STATE_KEYS}}
@@ -194,7 +198,7 @@ class LabelSuspects(Callback):
             return
         check_datamodule(trainer, self)
         self.outputs = shared_outputs(trainer)
-        self.outputs.require("train")
+        self.outputs.require("train", logits=False)  # O(N) label statistics are enough
         if self.cleanlab_on_val:
             self.outputs.require("val")
         self.dynamics = TrainingDynamics(len(trainer.datamodule.samples["train"]))
@@ -214,7 +218,7 @@ class LabelSuspects(Callback):
             return
         epoch = self.outputs.gather(trainer, pl_module, "train")
         if epoch is not None and len(epoch):
-            self.dynamics.update(epoch.index, epoch.target, epoch.logits)
+            self.dynamics.update(epoch.index, epoch.margin, epoch.p_target, epoch.other_class)
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and trainer.is_global_zero:
             self.write(trainer, step=trainer.current_epoch)
 
@@ -232,7 +236,7 @@ class LabelSuspects(Callback):
         samples = datamodule.samples["train"]
         targets = datamodule.targets("train")
         stats = self.dynamics.scores()
-        flagged = (self.dynamics.seen >= self.min_epochs) & (stats["aum"] < self.max_margin)
+        flagged = self.dynamics.flagged(self.max_margin, self.min_epochs)
         rows = []
         for i in np.flatnonzero(self.dynamics.seen > 0):
             other = self.dynamics.other_class[i]
@@ -341,7 +345,7 @@ class LabelSuspects(Callback):
 
         stats = self.dynamics.scores()
         seen = self.dynamics.seen > 0
-        flagged = seen & (self.dynamics.seen >= self.min_epochs) & (stats["aum"] < self.max_margin)
+        flagged = self.dynamics.flagged(self.max_margin, self.min_epochs)
         injected = np.zeros(len(seen), bool)
         train_index = {s.path: i for i, s in enumerate(trainer.datamodule.samples["train"])}
         for flip in getattr(trainer.datamodule, "injected_noise", []):

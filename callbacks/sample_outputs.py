@@ -26,15 +26,20 @@ class EpochOutputs:
     """Per-sample outputs of one split for one epoch, one row per sample, sorted by ``index``.
 
     ``embedding`` holds rows only for the samples in ``embedding_index`` (a bounded,
-    stratified subset); everything else covers every sample seen this epoch.
+    stratified subset); everything else covers every sample seen this epoch. ``logits``
+    (N x C) are kept only for splits a callback needs them for; the per-sample label
+    statistics (``margin``, ``p_target``, ``other_class``) always, at O(N).
     """
 
     split: str
     epoch: int
     index: np.ndarray  # (N,) int64, unique, ascending
     target: np.ndarray  # (N,) int64
-    logits: np.ndarray  # (N, C) float32
     loss: np.ndarray  # (N,) float32
+    margin: np.ndarray  # (N,) logit of the target minus the largest other logit
+    p_target: np.ndarray  # (N,) probability of the target class
+    other_class: np.ndarray  # (N,) int64, the class with the largest other logit
+    logits: np.ndarray | None = None  # (N, C) float32, for splits whose logits a callback asked for
     embedding_index: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (M,)
     embedding: np.ndarray | None = None  # (M, D) float32
 
@@ -65,6 +70,21 @@ class EpochOutputs:
         return np.searchsorted(self.index, indices)
 
 
+def label_statistics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per sample: the target's logit minus the largest other logit, the target's probability,
+    and the class of that largest other logit."""
+    rows = torch.arange(len(target), device=logits.device)
+    given = logits[rows, target]
+    others = logits.clone()
+    others[rows, target] = float("-inf")
+    other_logit, other_class = others.max(dim=1)
+    return {
+        "margin": given - other_logit,
+        "p_target": logits.softmax(dim=1)[rows, target],
+        "other_class": other_class,
+    }
+
+
 def stratified_subset(targets: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
     """Sorted indices of at most ``max_samples`` samples, every class in proportion (at least one each)."""
     n = len(targets)
@@ -89,9 +109,10 @@ class SampleOutputs(Callback):
     The review callbacks find (or add) this callback with :func:`shared_outputs` in their
     ``setup`` and call :meth:`require` for the splits they read; only those are collected.
 
-    Memory: per collected split, O(N x C) logits and O(N) other numbers for the epoch in
-    progress, plus embeddings for at most ``max_embeddings`` samples (a seeded, stratified
-    subset, the same every epoch). Nothing is kept from one epoch to the next.
+    Memory, for the epoch in progress: O(N) numbers per collected split, plus N x C logits
+    for the splits whose logits a callback reads (validation and test, not training), plus
+    embeddings for at most ``max_embeddings`` samples per split (a seeded, stratified subset,
+    the same every epoch). The last gathered epoch of each split is kept until replaced.
 
     Args:
         max_embeddings: most samples per split whose pooled embedding is kept each epoch.
@@ -110,16 +131,19 @@ class SampleOutputs(Callback):
             raise ValueError(f"SampleOutputs(max_embeddings={max_embeddings}) must be >= 0.")
         self.max_embeddings = max_embeddings
         self.seed = seed
-        self._wanted: dict[str, bool] = {}  # split -> embeddings wanted
+        self._wanted: dict[str, dict[str, bool]] = {}  # split -> {"logits": ..., "embeddings": ...}
         self._buffers: dict[str, dict[str, list[torch.Tensor]]] = {}
         self._subset_masks: dict[str, torch.Tensor] = {}
         self._subsets: dict[str, np.ndarray] = {}
         self._cache: dict[str, EpochOutputs] = {}  # this epoch's gathered outputs
         self._latest: dict[str, EpochOutputs] = {}  # the last completed epoch's, kept until replaced
 
-    def require(self, split: str, *, embeddings: bool = False) -> None:
-        """Collects ``split`` (``train``, ``val``, ``test``, ``heldout``), with embeddings if asked."""
-        self._wanted[split] = self._wanted.get(split, False) or embeddings
+    def require(self, split: str, *, logits: bool = True, embeddings: bool = False) -> None:
+        """Collects ``split`` (``train``, ``val``, ``test``, ``heldout``): always indices, targets,
+        losses and label statistics; full logits and embeddings when asked for."""
+        wanted = self._wanted.setdefault(split, {"logits": False, "embeddings": False})
+        wanted["logits"] |= logits
+        wanted["embeddings"] |= embeddings
 
     def latest(self, split: str) -> EpochOutputs | None:
         """The most recently gathered outputs of ``split`` (e.g. the previous training epoch's)."""
@@ -137,7 +161,8 @@ class SampleOutputs(Callback):
         split = STAGE_SPLIT[stage]
         self._cache.pop(split, None)
         if split in self._wanted and not trainer.sanity_checking:
-            self._buffers[split] = {"index": [], "target": [], "logits": [], "loss": [], "emb_index": [], "emb": []}
+            keys = ("index", "target", "loss", "margin", "p_target", "other_class", "logits", "emb_index", "emb")
+            self._buffers[split] = {key: [] for key in keys}
         else:
             self._buffers.pop(split, None)
 
@@ -146,11 +171,15 @@ class SampleOutputs(Callback):
         buffers = self._buffers.get(split)
         if buffers is None or not isinstance(outputs, dict) or "logits" not in outputs:
             return
+        logits = outputs["logits"].float()
         buffers["index"].append(outputs["index"])
         buffers["target"].append(outputs["target"])
-        buffers["logits"].append(outputs["logits"].float())
         buffers["loss"].append(outputs["sample_loss"].float())
-        if self._wanted[split] and self.max_embeddings:
+        for key, value in label_statistics(logits, outputs["target"]).items():
+            buffers[key].append(value)
+        if self._wanted[split]["logits"]:
+            buffers["logits"].append(logits)
+        if self._wanted[split]["embeddings"] and self.max_embeddings:
             mask = self._subset_mask(trainer, pl_module, split)[outputs["index"]]
             buffers["emb_index"].append(outputs["index"][mask])
             buffers["emb"].append(outputs["embedding"][mask].float())
@@ -222,26 +251,27 @@ class SampleOutputs(Callback):
             parts = buffers[key]
             return torch.cat(parts) if parts else torch.empty((0, *shape_tail), dtype=dtype, device=device)
 
-        index = _gather_rows(trainer, pl_module, cat("index", (), torch.long))
-        target = _gather_rows(trainer, pl_module, cat("target", (), torch.long))
-        logits = _gather_rows(trainer, pl_module, cat("logits", (num_classes,), torch.float32))
-        loss = _gather_rows(trainer, pl_module, cat("loss", (), torch.float32))
+        def gathered(key: str, shape_tail: tuple[int, ...] = (), dtype: torch.dtype = torch.float32) -> np.ndarray:
+            return _gather_rows(trainer, pl_module, cat(key, shape_tail, dtype)).cpu().numpy()
+
         # DistributedSampler pads the last batches with repeats: keep one row per index.
-        index_np, first = np.unique(index.cpu().numpy(), return_index=True)
+        index, first = np.unique(gathered("index", dtype=torch.long), return_index=True)
         result = EpochOutputs(
             split=split,
             epoch=trainer.current_epoch,
-            index=index_np,
-            target=target.cpu().numpy()[first],
-            logits=logits.cpu().numpy()[first],
-            loss=loss.cpu().numpy()[first],
+            index=index,
+            target=gathered("target", dtype=torch.long)[first],
+            loss=gathered("loss")[first],
+            margin=gathered("margin")[first],
+            p_target=gathered("p_target")[first],
+            other_class=gathered("other_class", dtype=torch.long)[first],
         )
-        if self._wanted.get(split) and self.max_embeddings:
+        if self._wanted[split]["logits"]:
+            result.logits = gathered("logits", (num_classes,))[first]
+        if self._wanted[split]["embeddings"] and self.max_embeddings:
             dim = buffers["emb"][0].shape[1] if buffers["emb"] else _embedding_dim(pl_module)
-            emb_index = _gather_rows(trainer, pl_module, cat("emb_index", (), torch.long))
-            emb = _gather_rows(trainer, pl_module, cat("emb", (dim,), torch.float32))
-            result.embedding_index, first = np.unique(emb_index.cpu().numpy(), return_index=True)
-            result.embedding = emb.cpu().numpy()[first]
+            result.embedding_index, first = np.unique(gathered("emb_index", dtype=torch.long), return_index=True)
+            result.embedding = gathered("emb", (dim,))[first]
         self._buffers.pop(split)
         self._cache[split] = self._latest[split] = result
         return result

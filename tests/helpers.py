@@ -14,3 +14,30 @@ class StopAfterEpoch(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
+
+
+class Recorder(Callback):
+    """Keeps what a test inspects after a run: backbone states (at the start of training and
+    after each epoch) and the shared outputs' last gathered epoch of each split."""
+
+    last: Recorder | None = None
+
+    def __init__(self) -> None:
+        self.backbone_states: list[dict] = []
+        self.latest: dict = {}
+        Recorder.last = self
+
+    def _snapshot(self, pl_module) -> None:
+        self.backbone_states.append({k: v.clone() for k, v in pl_module.backbone.state_dict().items()})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._snapshot(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._snapshot(pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        from callbacks import shared_outputs
+
+        collector = shared_outputs(trainer)
+        self.latest = {split: collector.latest(split) for split in ("train", "val")}

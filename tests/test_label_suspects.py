@@ -7,9 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.special import softmax
 
 from callbacks.label_suspects import TrainingDynamics
+from callbacks.sample_outputs import label_statistics
 from crossval_label_issues import main as stitch
 from tests.conftest import compose_config, tiny_overrides
 from train import train
@@ -25,7 +27,8 @@ def test_statistics_equal_the_formulas_on_hand_built_logits():
     ]
     dynamics = TrainingDynamics(3)
     for logits in epochs:
-        dynamics.update(np.arange(3), target, logits)
+        stats = label_statistics(torch.tensor(logits), torch.tensor(target))
+        dynamics.update(np.arange(3), *(stats[k].numpy() for k in ("margin", "p_target", "other_class")))
     stats = dynamics.scores()
     rows = np.arange(3)
     margins = [lg[rows, target] - np.max(np.where(np.eye(3)[target] == 1, -np.inf, lg), axis=1) for lg in epochs]
@@ -43,7 +46,7 @@ def test_statistics_equal_the_formulas_on_hand_built_logits():
 
 def test_unseen_samples_have_no_score_and_state_round_trips():
     dynamics = TrainingDynamics(4)
-    dynamics.update(np.array([0, 2]), np.array([1, 0]), np.array([[0.0, 1.0], [2.0, 0.0]]))
+    dynamics.update(np.array([0, 2]), np.array([1.0, 2.0]), np.array([0.7, 0.9]), np.array([0, 1]))
     stats = dynamics.scores()
     assert np.isnan(stats["aum"][[1, 3]]).all() and not np.isnan(stats["aum"][[0, 2]]).any()
     copy = TrainingDynamics(4)
