@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from callbacks import rendering
@@ -41,6 +41,71 @@ def centroid_distances(embedding: np.ndarray, target: np.ndarray, pred: np.ndarr
     own = np.linalg.norm(embedding - centroids[target], axis=1)
     predicted = np.linalg.norm(embedding - centroids[pred], axis=1)
     return own, predicted
+
+
+def write_projector_entry(
+    logdir: Path,
+    *,
+    step: int,
+    tag: str,
+    vectors: np.ndarray,
+    header: list[str],
+    rows: list[list],
+    thumbnails: np.ndarray | None,
+) -> None:
+    """Writes one projector entry as TensorBoard's projector plugin reads it.
+
+    Written directly, not with ``SummaryWriter.add_embedding``, which formats every float in
+    Python and composes the sprite from float tensors: about 0.8 s for 500 x 1,280 values
+    against 0.2 s here, every epoch. The layout is the same: ``<step:05d>/<tag>/`` holds
+    ``tensors.tsv``, ``metadata.tsv`` (with a header row) and ``sprite.png``, and
+    ``projector_config.pbtxt`` lists every entry written so far.
+
+    Args:
+        logdir: the TensorBoard log folder.
+        step: the epoch; one entry per step and tag.
+        tag: entry name.
+        vectors: ``N x D`` embeddings.
+        header: metadata column names.
+        rows: ``N`` metadata rows (no tabs or newlines inside values).
+        thumbnails: ``N x S x S x 3`` uint8 images for the sprite, or ``None``.
+    """
+    from google.protobuf import text_format
+    from PIL import Image
+    from tensorboard.plugins.projector import projector_config_pb2
+
+    subdir = f"{step:05d}/{tag}"
+    folder = logdir / subdir
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savetxt(folder / "tensors.tsv", vectors, fmt="%.6g", delimiter="\t")
+    with open(folder / "metadata.tsv", "w") as f:
+        f.write("\t".join(header) + "\n")
+        f.writelines("\t".join(str(v) for v in row) + "\n" for row in rows)
+    config_path = logdir / "projector_config.pbtxt"
+    config = projector_config_pb2.ProjectorConfig()
+    if config_path.exists():
+        text_format.Merge(config_path.read_text(), config)
+    name = f"{tag}:{step:05d}"
+    kept = [e for e in config.embeddings if e.tensor_name != name]
+    del config.embeddings[:]
+    config.embeddings.extend(kept)
+    entry = config.embeddings.add()
+    entry.tensor_name = name
+    entry.tensor_path = f"{subdir}/tensors.tsv"
+    entry.metadata_path = f"{subdir}/metadata.tsv"
+    if thumbnails is not None and len(thumbnails):
+        n, size = len(thumbnails), thumbnails.shape[1]
+        per_row = math.ceil(math.sqrt(n))
+        sheet = np.full((per_row * size, per_row * size, 3), 255, np.uint8)
+        for i, thumb in enumerate(thumbnails):
+            r, c = divmod(i, per_row)
+            sheet[r * size : (r + 1) * size, c * size : (c + 1) * size] = thumb
+        Image.fromarray(sheet).save(folder / "sprite.png")
+        entry.sprite.image_path = f"{subdir}/sprite.png"
+        entry.sprite.single_image_dim.extend([size, size])
+    tmp = config_path.with_name(".projector_config.pbtxt.tmp")
+    tmp.write_text(text_format.MessageToString(config))
+    tmp.replace(config_path)
 
 
 def sprite_thumb_size(n: int, wanted: int) -> int:
@@ -126,15 +191,15 @@ class EmbeddingProjector(SplitReview):
         if writer is not None:
             size = sprite_thumb_size(len(subset), self.thumbnail_size)
             thumbs = self._thumbs.setdefault(size, rendering.ThumbnailCache(size, capacity=20000))
-            sprite = np.stack([thumbs(s.path) for s in samples]).astype(np.float32) / 255.0
-            writer.add_embedding(
-                torch.from_numpy(emb),
-                # The projector reads metadata as TSV: no tabs or newlines inside a value.
-                metadata=[[str(v).replace("\t", " ").replace("\n", " ") for v in row] for row in table],
-                label_img=torch.from_numpy(sprite).permute(0, 3, 1, 2),
-                global_step=step,
+            write_projector_entry(
+                Path(writer.get_logdir()),
+                step=step,
                 tag=f"{split}_embeddings",
-                metadata_header=header,
+                vectors=emb,
+                header=header,
+                # The projector reads metadata as TSV: no tabs or newlines inside a value.
+                rows=[[str(v).replace("\t", " ").replace("\n", " ") for v in row] for row in table],
+                thumbnails=np.stack([thumbs(s.path) for s in samples]),
             )
         if self.static_map:
             image = self._pca_map(emb, target, pred, names, f"{split} epoch {step}")

@@ -278,17 +278,13 @@ class LabelSuspects(Callback):
         except (ValueError, IndexError) as err:  # e.g. classes absent from the validation split
             rank_zero_warn(f"LabelSuspects: confident learning on the validation split failed: {err}")
             return []
-        suggested = np.where(issues, probs.argmax(axis=1), val.target)
-        others = probs.copy()
-        others[np.arange(len(val)), val.target] = -1
-        suggested = np.where(suggested == val.target, others.argmax(axis=1), suggested)
         return [
             {
                 "split": "val",
                 "index": int(i),
                 "path": samples[i].path,
                 "given_label": names[val.target[r]],
-                "suggested_label": names[suggested[r]],
+                "suggested_label": names[val.other_class[r]],  # the most likely class but the given one
                 "score": float(1 - quality[r]),
                 "flagged": bool(issues[r]),
                 "method": "confident_learning",
