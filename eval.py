@@ -32,8 +32,9 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     data_state = checkpoint.get("ImageDataModule", {})
 
     def from_checkpoint(datamodule):
-        # The architecture and class list come from the checkpoint (plain values, never a _target_).
-        return trained["class_names"], {"name": trained["name"]}
+        # Architecture, class list and what changes the loss come from the checkpoint's
+        # hyper-parameters (plain values; nothing in a checkpoint is ever instantiated).
+        return trained["class_names"], {k: trained[k] for k in ("name", "label_smoothing", "drop_rate") if k in trained}
 
     run_dir = Path(cfg.paths.output_dir)
     harness.share_config_with_ddp_children(cfg, run_dir)
@@ -73,11 +74,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    child = harness.child_config()
-    if child is not None:  # a DDP rank > 0 that Lightning started
-        try:
-            evaluate(child)
-        finally:
-            harness.end_distributed()
-    else:
-        main()
+    harness.main(evaluate, main)

@@ -8,7 +8,7 @@ nothing read from a checkpoint or a data file ever reaches ``instantiate``.
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -24,9 +24,14 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from datamodules import report_files
+
 ROOT = Path(__file__).resolve().parent
-# Set by a run for the DDP processes Lightning starts: the resolved config they must use.
+# Set by a run for the DDP processes Lightning starts: the resolved config they must use, and
+# its SHA-256, so a child instantiates exactly what the parent composed from conf/ and the
+# command line, never a file changed in between.
 RUN_CONFIG_ENV = "LOOKOUT_RUN_CONFIG"
+RUN_CONFIG_HASH_ENV = "LOOKOUT_RUN_CONFIG_SHA256"
 
 OmegaConf.register_new_resolver("lookout_root", lambda: str(ROOT), replace=True)
 
@@ -61,7 +66,7 @@ def build(cfg: DictConfig, *, num_classes_from: Callable | None = None):
     them from the checkpoint instead of the data.
     """
     datamodule = instantiate(cfg.data, augment=cfg.augment, _recursive_=False)
-    datamodule.prepare()
+    datamodule.prepare(from_rank_zero=is_ddp_child())
     class_names, model_kwargs = num_classes_from(datamodule) if num_classes_from else (datamodule.class_names, {})
     # _convert_="all": plain lists/dicts in the model's hyper-parameters, so checkpoints load
     # with torch.load(weights_only=True).
@@ -87,16 +92,39 @@ def share_config_with_ddp_children(cfg: DictConfig, run_dir: Path) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    path.write_text(text)
     os.environ[RUN_CONFIG_ENV] = str(path)
+    os.environ[RUN_CONFIG_HASH_ENV] = hashlib.sha256(text.encode()).hexdigest()
 
 
-def child_config() -> DictConfig | None:
-    """The parent's resolved config when this process is a DDP child Lightning started."""
-    path = os.environ.get(RUN_CONFIG_ENV)
-    if path and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-        return OmegaConf.load(path)
-    return None
+def is_ddp_child() -> bool:
+    """Whether this process is a DDP rank > 0 that Lightning started for a lookout run."""
+    return bool(os.environ.get(RUN_CONFIG_ENV)) and int(os.environ.get("LOCAL_RANK", "0")) > 0
+
+
+def child_config() -> DictConfig:
+    """The parent's resolved config, checked against the hash the parent handed down.
+
+    Raises:
+        ConfigError: the file changed after the parent wrote it.
+    """
+    text = Path(os.environ[RUN_CONFIG_ENV]).read_text()
+    if hashlib.sha256(text.encode()).hexdigest() != os.environ.get(RUN_CONFIG_HASH_ENV):
+        raise ConfigError(f"{os.environ[RUN_CONFIG_ENV]} changed after the run started; not using it.")
+    return OmegaConf.create(text)
+
+
+def main(job: Callable[[DictConfig], Any], hydra_main: Callable[[], Any]) -> None:
+    """Entry point of train.py and eval.py: a DDP child runs ``job`` on the parent's config
+    (and so in the parent's run folder); any other process composes with Hydra."""
+    if is_ddp_child():
+        try:
+            job(child_config())
+        finally:
+            end_distributed()
+    else:
+        hydra_main()
 
 
 def end_distributed() -> None:
@@ -108,7 +136,16 @@ def end_distributed() -> None:
 # Set by Lightning's DDP launcher in the launching process. Left behind, they make the next
 # job of a multirun believe its ranks were started externally (LOCAL_RANK is set), so it
 # starts no child processes and waits for them forever.
-DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK", RUN_CONFIG_ENV)
+DDP_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "RANK",
+    RUN_CONFIG_ENV,
+    RUN_CONFIG_HASH_ENV,
+)
 
 
 @contextlib.contextmanager
@@ -173,16 +210,19 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
 def log_hparams_with_metrics(trainer: Trainer, cfg: DictConfig, metrics: Mapping[str, float]) -> None:
     """Hyper-parameters against the run's real final metrics (``hparams/...``), once, at the end,
     so TensorBoard's hparams tab compares runs by what they achieved, not ``hp_metric = -1``."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
     final = {f"hparams/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
     for logger in trainer.loggers:
-        logger.log_hyperparams(hyperparameters(cfg), metrics=final)
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hyperparameters(cfg), metrics=final)
+        else:  # e.g. CSVLogger: hparams.yaml, and the final metrics as one more row
+            logger.log_hyperparams(hyperparameters(cfg))
+            logger.log_metrics(final, step=trainer.global_step)
         logger.save()
 
 
-@rank_zero_only
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+write_json = rank_zero_only(report_files.write_json)
 
 
 @rank_zero_only

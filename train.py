@@ -32,13 +32,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and cfg.train else ""
+    # The best checkpoint of this fit; without training, the given checkpoint; else the weights in memory.
+    evaluated = best or (None if cfg.train else cfg.ckpt_path)
     if cfg.test and "test" in datamodule.samples:
-        tested = trainer.test(model, datamodule=datamodule, ckpt_path=best or cfg.ckpt_path, weights_only=True)
+        tested = trainer.test(model, datamodule=datamodule, ckpt_path=evaluated, weights_only=True)
         metrics.update(harness.scalar_metrics(tested[0]) if tested else {})
     if HELDOUT in datamodule.samples:
-        # K-fold job: predict the held-out fold with the final weights; the heldout-prediction
+        # K-fold job: predict the held-out fold with the same weights; the heldout-prediction
         # callback writes the probabilities for cross-validated label checks.
-        trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        trainer.predict(model, datamodule=datamodule, ckpt_path=evaluated, weights_only=True, return_predictions=False)
     unreadable_late = datamodule.report_load_failures()
 
     harness.log_hparams_with_metrics(trainer, cfg, metrics)
@@ -72,11 +74,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    child = harness.child_config()
-    if child is not None:  # a DDP rank > 0 that Lightning started: reuse the parent's config and run folder
-        try:
-            train(child)
-        finally:
-            harness.end_distributed()
-    else:
-        main()
+    harness.main(train, main)

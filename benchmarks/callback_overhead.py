@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (the first and last are not timed)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for both settings")
     args = parser.parse_args()
+    if args.epochs < 3:
+        parser.error("--epochs must be at least 3: the first and the last epoch are not timed")
     settings = {"default": ["callbacks=default"], "none": ["callbacks=none"]}
     runs: dict[str, list[dict]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory(prefix="lookout-bench-") as tmp:

@@ -159,8 +159,8 @@ class EmbeddingProjector(SplitReview):
         datamodule = trainer.datamodule
         names = datamodule.class_names
         split = outputs.split
-        subset = np.intersect1d(self.outputs.embedding_subset(trainer, split), outputs.embedding_index)
-        emb = outputs.embedding[np.searchsorted(outputs.embedding_index, subset)]
+        subset = outputs.embedding_index  # the stratified subset whose embeddings were kept
+        emb = outputs.embedding
         rows = outputs.rows_of(subset)
         target, pred = outputs.target[rows], outputs.pred[rows]
         confidence, loss = outputs.confidence[rows], outputs.loss[rows]
@@ -190,7 +190,8 @@ class EmbeddingProjector(SplitReview):
         writer = rendering.tensorboard(trainer)
         if writer is not None:
             size = sprite_thumb_size(len(subset), self.thumbnail_size)
-            thumbs = self._thumbs.setdefault(size, rendering.ThumbnailCache(size, capacity=20000))
+            # Kept between epochs: the points are the same every epoch (at most max_embeddings).
+            thumbs = self._thumbs.setdefault(size, rendering.ThumbnailCache(size, capacity=len(subset)))
             write_projector_entry(
                 Path(writer.get_logdir()),
                 step=step,

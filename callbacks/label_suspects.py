@@ -219,7 +219,9 @@ class LabelSuspects(Callback):
         epoch = self.outputs.gather(trainer, pl_module, "train")
         if epoch is not None and len(epoch):
             self.dynamics.update(epoch.index, epoch.margin, epoch.p_target, epoch.other_class)
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0 and trainer.is_global_zero:
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        due = self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if due and not last and trainer.is_global_zero:  # the last epoch is written by on_fit_end
             self.write(trainer, step=trainer.current_epoch)
 
     @override
@@ -320,7 +322,8 @@ class LabelSuspects(Callback):
                 ],
             )
         )
-        rendering.log_text(trainer, "train/label_suspects", text, step)
+        # Not the gallery's tag: TensorBoard files a tag under the first plugin that writes it.
+        rendering.log_text(trainer, "train/label_suspects_table", text, step)
         if rendering.tensorboard(trainer) is not None:
             top = suspects[: self.gallery_size]
             images = [self.thumbs(r["path"]) for r in top]

@@ -58,16 +58,15 @@ class PerClassMetrics(SplitReview):
     def review(self, trainer: Trainer, pl_module: LightningModule, outputs: EpochOutputs, step: int) -> None:
         names = trainer.datamodule.class_names
         values = self.compute(outputs, len(names))
-        order = np.lexsort((-values["support"], values["f1"]))  # worst F1 first, bigger classes first on ties
+        present = values["support"] > 0
+        # Worst F1 first (bigger classes first on ties); classes absent from the split last,
+        # with blank scores: their zeros would otherwise rank them "worst".
+        order = np.lexsort((-values["support"], values["f1"], ~present))
         header = ["class", "precision", "recall", "f1", "support"]
         rows = [
-            [
-                names[c],
-                float(values["precision"][c]),
-                float(values["recall"][c]),
-                float(values["f1"][c]),
-                int(values["support"][c]),
-            ]
+            [names[c]]
+            + ([float(values[m][c]) for m in ("precision", "recall", "f1")] if present[c] else ["", "", ""])
+            + [int(values["support"][c])]
             for c in order
         ]
         split = outputs.split
@@ -81,5 +80,6 @@ class PerClassMetrics(SplitReview):
         writer = rendering.tensorboard(trainer)
         if writer is not None and len(names) <= self.max_scalar_classes:
             for metric in ("precision", "recall", "f1"):
-                for c, name in enumerate(names):
+                for c in np.flatnonzero(present):
+                    name = names[c]
                     writer.add_scalar(f"{split}_per_class/{metric}/{name}", float(values[metric][c]), step)

@@ -3,8 +3,6 @@ original images with captions, and plain files under the run's ``reports/`` fold
 
 from __future__ import annotations
 
-import csv
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
@@ -20,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 
 from datamodules.image_io import UnreadableImageError, read_rgb
+from datamodules.report_files import write_csv  # noqa: F401  (re-exported for the callbacks)
 
 GOOD = (27, 120, 55)
 BAD = (200, 30, 30)
@@ -73,15 +72,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 @lru_cache(maxsize=8)
 def font(size: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
@@ -110,7 +100,7 @@ class ThumbnailCache:
         capacity: most thumbnails kept.
     """
 
-    def __init__(self, size: int, capacity: int = 4096) -> None:
+    def __init__(self, size: int, capacity: int = 512) -> None:
         self.size, self.capacity = size, capacity
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
 

@@ -16,9 +16,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from datamodules.datamodule import HELDOUT
-
-STAGE_SPLIT = {"train": "train", "validation": "val", "test": "test", "predict": HELDOUT}
+from datamodules.datamodule import STAGE_SPLIT
 
 
 @dataclass
@@ -197,7 +195,7 @@ class SampleOutputs(Callback):
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start(trainer, "validation")
+        self._start(trainer, "validate")
 
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -220,7 +218,7 @@ class SampleOutputs(Callback):
 
     @override
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect(trainer, pl_module, "validation", outputs)
+        self._collect(trainer, pl_module, "validate", outputs)
 
     @override
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:

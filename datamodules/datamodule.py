@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from datamodules import transforms
 from datamodules.dataset import ImageDataset, collate_skipping_failures
 from datamodules.image_io import scan_images
 from datamodules.label_edits import exclude_samples, inject_label_noise, relabel_samples
+from datamodules.report_files import write_csv, write_json, write_records
 from datamodules.sources import (
     SPLITS,
     DataError,
@@ -109,7 +109,9 @@ class ImageDataModule(LightningDataModule):
             raise DataError(f"data.source={source} needs data.root, e.g. data.root=~/my_images.")
         if source == "csv" and not manifest:
             raise DataError("data=csv needs data.manifest=FILE.csv (columns: path, label[, split, ...]).")
-        if num_folds and not (num_folds >= 2 and 0 <= fold < num_folds):
+        if num_folds == 1 or num_folds < 0:
+            raise DataError(f"data.num_folds={num_folds}: use 0 (no folds) or at least 2.")
+        if num_folds and not 0 <= fold < num_folds:
             raise DataError(f"data.fold={fold} must be in 0..{num_folds - 1} when data.num_folds={num_folds}.")
         self.source, self.root, self.manifest = source, root, manifest
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
@@ -135,9 +137,17 @@ class ImageDataModule(LightningDataModule):
         self._prepared = False
 
     # ------------------------------------------------------------------ samples
-    def prepare(self) -> None:
-        """Lists, scans, edits and splits the samples once; writes the data reports."""
+    def prepare(self, *, from_rank_zero: bool = False) -> None:
+        """Lists, scans, edits and splits the samples once; writes the data reports.
+
+        Args:
+            from_rank_zero: a DDP process started by rank zero: adopt the samples rank zero
+                prepared (its reports) instead of listing and scanning again.
+        """
         if self._prepared:
+            return
+        if from_rank_zero and self._adopt_prepared():
+            self._prepared = True
             return
         data_root, listing = self._list()
         samples = listing.samples
@@ -225,39 +235,69 @@ class ImageDataModule(LightningDataModule):
         return np.array([lookup[s.label] for s in self.samples.get(split, [])], dtype=np.int64)
 
     # ------------------------------------------------------------------ reports
+    UNREADABLE_COLUMNS = ("path", "label", "split", "reason", "found_by")
+
     @rank_zero_only
     def _write_reports(self, excluded: list[dict], relabelled: list[dict]) -> None:
         if self.reports_dir is None:
             return
         out = self.reports_dir
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "classes.json").write_text(json.dumps(self.class_names, indent=1) + "\n")
-        (out / "data_summary.json").write_text(json.dumps(self.summary, indent=1) + "\n")
-        _write_csv(out / "unreadable.csv", self.unreadable, ["path", "label", "split", "reason", "found_by"])
+        write_json(out / "classes.json", self.class_names)
+        self._write_unreadable_and_summary()
         meta_keys = sorted({k for group in self.samples.values() for s in group for k in s.meta})
-        rows = [
-            {"split": split, "index": i, "path": s.path, "label": s.label, **s.meta}
-            for split, group in self.samples.items()
-            for i, s in enumerate(group)
-        ]
-        _write_csv(out / "samples.csv", rows, ["split", "index", "path", "label", *meta_keys])
+        write_csv(
+            out / "samples.csv",
+            ["split", "index", "path", "label", *meta_keys],
+            [
+                [split, i, s.path, s.label, *(s.meta.get(k, "") for k in meta_keys)]
+                for split, group in self.samples.items()
+                for i, s in enumerate(group)
+            ],
+        )
         if self.exclude:
-            _write_csv(out / "excluded.csv", excluded, ["path", "label", "split", "reason"])
+            write_records(out / "excluded.csv", ["path", "label", "split", "reason"], excluded)
         if self.relabel:
-            _write_csv(out / "relabelled.csv", relabelled, ["path", "split", "old_label", "new_label"])
+            write_records(out / "relabelled.csv", ["path", "split", "old_label", "new_label"], relabelled)
         if self.label_noise:
             train_index = {s.path: i for i, s in enumerate(self.samples["train"])}
-            flips = [
-                {
-                    "path": f.path,
-                    "split": "train" if f.path in train_index else HELDOUT,
-                    "index": train_index.get(f.path, -1),
-                    "original_label": f.original_label,
-                    "noisy_label": f.noisy_label,
-                }
-                for f in self.injected_noise
+            write_csv(
+                out / "injected_noise.csv",
+                ["path", "split", "index", "original_label", "noisy_label"],
+                [
+                    [
+                        f.path,
+                        "train" if f.path in train_index else HELDOUT,
+                        train_index.get(f.path, -1),
+                        f.original_label,
+                        f.noisy_label,
+                    ]
+                    for f in self.injected_noise
+                ],
+            )
+
+    def _write_unreadable_and_summary(self) -> None:
+        write_records(self.reports_dir / "unreadable.csv", self.UNREADABLE_COLUMNS, self.unreadable)
+        write_json(self.reports_dir / "data_summary.json", self.summary)
+
+    def _adopt_prepared(self) -> bool:
+        """Takes the samples rank zero prepared (``samples.csv``, ``classes.json``, ...) instead of
+        listing and scanning again: every DDP rank then sees exactly the same samples."""
+        out = self.reports_dir
+        if out is None or not (out / "samples.csv").exists():
+            return False
+        import pandas as pd
+
+        table = pd.read_csv(out / "samples.csv", dtype=str, keep_default_na=False)
+        meta_keys = [c for c in table.columns if c not in ("split", "index", "path", "label")]
+        self.samples = {}
+        for split, group in table.groupby("split", sort=False):
+            group = group.sort_values("index", key=lambda col: col.astype(int))
+            self.samples[split] = [
+                Sample(row["path"], row["label"], split, {k: row[k] for k in meta_keys}) for _, row in group.iterrows()
             ]
-            _write_csv(out / "injected_noise.csv", flips, ["path", "split", "index", "original_label", "noisy_label"])
+        self.class_names = json.loads((out / "classes.json").read_text())
+        self.summary = json.loads((out / "data_summary.json").read_text())
+        return True
 
     def report_load_failures(self) -> list[dict]:
         """Files that failed to load during the run, from every rank; appended to unreadable.csv.
@@ -273,10 +313,7 @@ class ImageDataModule(LightningDataModule):
         if unique and rank_zero_only.rank == 0 and self.reports_dir is not None:
             self.unreadable.extend(unique)
             self.summary["failed_to_load"] = len(unique)
-            _write_csv(
-                self.reports_dir / "unreadable.csv", self.unreadable, ["path", "label", "split", "reason", "found_by"]
-            )
-            (self.reports_dir / "data_summary.json").write_text(json.dumps(self.summary, indent=1) + "\n")
+            self._write_unreadable_and_summary()
         return unique
 
     # ------------------------------------------------------------------ transforms
@@ -340,12 +377,15 @@ class ImageDataModule(LightningDataModule):
     def _loader(self, split: str, *, train: bool = False) -> DataLoader:
         dataset = self.dataset(split)
         batch_size = self.batch_size if train else self.eval_batch_size
+        # A last training batch of one sample breaks BatchNorm on 1x1 feature maps; under DDP
+        # each rank gets ceil(N / world size) samples.
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        per_rank = math.ceil(len(dataset) / world_size)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
-            # A last training batch of one sample breaks BatchNorm on 1x1 feature maps.
-            drop_last=train and len(dataset) % batch_size == 1,
+            drop_last=train and per_rank % batch_size == 1,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
@@ -396,15 +436,6 @@ class ImageDataModule(LightningDataModule):
             )
         if state_dict.get("preprocessing"):
             self._preprocessing = dict(state_dict["preprocessing"])
-
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def summary_counts_add_up(summary: Mapping[str, Any]) -> bool:

@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 # Weights that ship inside pip packages, so the default run is real fine-tuning, offline.
 # name -> (the timm architecture they fit, function returning a timm-keyed state dict)
@@ -152,14 +153,15 @@ def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def _check_weights_fit(model: torch.nn.Module, file: Path, weights: str) -> None:
     """timm loads non-strictly when the head is replaced; make sure the backbone did load."""
-    if file.suffix == ".safetensors":
-        given = load_file(str(file))
+    if file.suffix == ".safetensors":  # shapes from the header; no second read of the tensors
+        with safe_open(str(file), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     else:
-        given = timm.models.load_state_dict(str(file), weights_only=True)
+        shapes = {k: tuple(v.shape) for k, v in timm.models.load_state_dict(str(file), weights_only=True).items()}
     classifier = model.pretrained_cfg.get("classifier", "")
-    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(f"{classifier}.")}
-    missing = [k for k in expected if k not in given]
-    wrong = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(f"{classifier}.")}
+    missing = [k for k in expected if k not in shapes]
+    wrong = [k for k in expected if k in shapes and shapes[k] != expected[k]]
     if missing or wrong:
         raise WeightsError(
             f"model.weights={weights!r} does not fit {model.pretrained_cfg.get('architecture')}: "
@@ -175,7 +177,8 @@ def _offline_when_unreachable(timeout: float = 3.0):
     from huggingface_hub import constants
 
     endpoint = urlparse(constants.ENDPOINT)
-    if constants.HF_HUB_OFFLINE:
+    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if constants.HF_HUB_OFFLINE or proxied:  # behind a proxy a direct probe says nothing
         yield
         return
     try:

@@ -95,6 +95,7 @@ class ImageClassifier(LightningModule):
 
         self.train_metrics, self.val_metrics, self.test_metrics = metrics("train/"), metrics("val/"), metrics("test/")
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # saved in checkpoints: a resumed run keeps its best so far
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
@@ -125,10 +126,13 @@ class ImageClassifier(LightningModule):
             "sample_loss": sample_loss.detach(),
         }
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         out = self._step(batch)
         if out is None:
-            return None
+            # Every file of the batch failed to load (they are reported). A zero loss tied to every
+            # parameter instead of skipping the step: under DDP the other ranks would otherwise
+            # wait for this rank's gradients forever.
+            return {"loss": sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0}
         self.train_metrics.update(out["logits"], out["target"])
         self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=len(out["target"]))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
@@ -158,10 +162,6 @@ class ImageClassifier(LightningModule):
         )
         self.log_dict(metrics, on_epoch=True, prog_bar=split == "val")
         return out
-
-    def on_train_start(self) -> None:
-        # Sanity-check batches must not count as the best validation accuracy.
-        self.val_acc_best.reset()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -198,12 +198,14 @@ class ImageClassifier(LightningModule):
         self._rng_before_sanity_check = None
 
     def on_train_epoch_start(self) -> None:
-        if self.current_epoch < self.hparams.freeze_backbone_epochs:
-            # A frozen backbone keeps its BatchNorm statistics too.
-            classifier = self.backbone.get_classifier()
+        # A frozen backbone keeps its BatchNorm statistics too; once unfrozen they update again.
+        # (Lightning restores each module's mode after validation, so the mode is set every epoch.)
+        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
+        if self.hparams.freeze_backbone_epochs:
+            classifier = set(self.backbone.get_classifier().modules())
             for module in self.backbone.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module not in classifier.modules():
-                    module.eval()
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module not in classifier:
+                    module.train(not frozen)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:

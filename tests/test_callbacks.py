@@ -145,3 +145,19 @@ def test_stratified_subset_is_bounded_and_keeps_every_class():
 def test_nearest_uses_cosine_similarity():
     pool = np.array([[1.0, 0.0], [0.0, 1.0], [10.0, 1.0]])
     assert nearest(np.array([[0.1, 1.0]]), pool, 2).tolist() == [[1, 2]]
+
+
+def test_every_tag_belongs_to_one_plugin(trained):
+    """TensorBoard files a tag under the first plugin that writes it: an image and a text on one
+    tag would hide one of them in the real UI."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    plugins: dict[str, set[str]] = {}
+    for path in (trained[0] / "tensorboard").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                kind = value.metadata.plugin_data.plugin_name or value.WhichOneof("value")
+                plugins.setdefault(value.tag, set()).add(kind)
+    shared = {tag: kinds for tag, kinds in plugins.items() if len(kinds) > 1}
+    assert not shared
+    assert "train/label_suspects_table/text_summary" in plugins

@@ -133,3 +133,19 @@ def test_val_label_unseen_in_training_is_an_error(digits_folder, tmp_path):
     shutil.copytree(digits_folder / "digit_9", tmp_path / "val" / "digit_9")
     with pytest.raises(DataError, match=r"val split has label\(s\) \['digit_9'\] that no training image has"):
         ImageDataModule(source="folder", root=str(tmp_path)).prepare()
+
+
+def test_ddp_ranks_adopt_the_samples_rank_zero_prepared(digits_folder, tmp_path, monkeypatch):
+    first = ImageDataModule(source="folder", root=str(digits_folder), label_noise=0.1, reports_dir=str(tmp_path))
+    first.prepare()
+
+    def no_second_scan(*args, **kwargs):
+        raise AssertionError("a DDP child must not list and scan the files again")
+
+    monkeypatch.setattr("datamodules.datamodule.scan_images", no_second_scan)
+    child = ImageDataModule(source="folder", root=str(digits_folder), label_noise=0.1, reports_dir=str(tmp_path))
+    child.prepare(from_rank_zero=True)
+    assert child.class_names == first.class_names
+    for split in first.samples:
+        assert [(s.path, s.label) for s in child.samples[split]] == [(s.path, s.label) for s in first.samples[split]]
+    assert child.summary == first.summary

@@ -87,19 +87,22 @@ def test_eval_rejects_data_with_other_classes(trained, tmp_path):
         evaluate(cfg)
 
 
-def test_resume_continues_the_epoch_count(tiny_cfg, tmp_path):
-    first = tiny_cfg("trainer.max_epochs=1", "callbacks=minimal")
-    train(first)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
-    resumed = tiny_cfg(
-        "trainer.max_epochs=3", "callbacks=minimal", f"ckpt_path={last}", f"paths.output_dir={tmp_path / 'resumed'}"
-    )
-    train(resumed)
-    checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["epoch"] == 2
+def test_resume_continues_the_epoch_count_and_the_best_so_far(tiny_cfg, tmp_path):
+    first = train(tiny_cfg("trainer.max_epochs=2", "callbacks=minimal"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
+    best_before = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True)["val_metrics"]
+    # Resume in the same run folder (what `hydra.run.dir=<run>` does on the command line).
+    resumed = train(tiny_cfg("trainer.max_epochs=4", "callbacks=minimal", f"ckpt_path={checkpoints / 'last.ckpt'}"))
+    checkpoint = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 3
     steps_per_epoch = 15  # 240 training images / batch 16
-    assert checkpoint["global_step"] == 3 * steps_per_epoch
+    assert checkpoint["global_step"] == 4 * steps_per_epoch
+    # The best so far survives the resume: val/acc_best and best.ckpt never go below the first part's.
+    assert resumed["val/acc_best"] >= first["val/acc_best"]
+    best_after = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True)["val_metrics"]
+    assert best_after["val/acc"] >= best_before["val/acc"]
+    assert resumed["val/acc_best"] == pytest.approx(best_after["val/acc"])
 
 
 @pytest.mark.slow
@@ -182,3 +185,14 @@ def test_hparams_tab_gets_real_final_metrics(trained):
     assert session.hparams["model.lr"].number_value == pytest.approx(3e-3)
     assert session.hparams["model.name"].string_value == "test_convnext"
     assert {m.name.tag for m in experiment.metric_infos} >= {"hparams/val_acc_best", "hparams/test_acc"}
+
+
+def test_csv_and_tensorboard_loggers_together(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg("logger=many", "trainer.max_epochs=1", "callbacks=minimal", "data.test_fraction=0.1"))
+    rows = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert "val/acc" in header and "hparams/test_acc" in header
+    final = dict(zip(header, rows[-1].split(","), strict=True))
+    assert float(final["hparams/test_acc"]) == pytest.approx(metrics["test/acc"])
+    assert "model.lr" in (tmp_path / "run" / "csv" / "hparams.yaml").read_text()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
