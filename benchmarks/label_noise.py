@@ -31,12 +31,18 @@ SCENARIOS = {
 }
 SINGLE = ["callbacks=minimal", "+callbacks.label_suspects._target_=callbacks.LabelSuspects"]
 FOLD = ["callbacks=minimal", "+callbacks.heldout_predictions._target_=callbacks.HeldoutPredictions"]
-COMPONENTS = {"score": 1, "aum": -1, "confidence": -1, "variability": 1, "forgetting_events": 1}
+# Each column of label_scores.csv, signed so that higher = more suspect.
+COMPONENTS = {"score": 1, "aum": -1, "confidence": -1, "variability": 1, "forgetting_events": 1, "wrong_last_epoch": 1}
 
 
 def _read(path: Path) -> list[dict]:
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def _number(value: str) -> float:
+    """A CSV cell as a number; booleans as 0/1."""
+    return {"True": 1.0, "False": 0.0}[value] if value in ("True", "False") else float(value)
 
 
 def _detection(paths: list[str], scores: np.ndarray, flagged: np.ndarray, noisy: set[str]) -> dict:
@@ -62,7 +68,7 @@ def scenario(name: str, folds: int, extra: list[str], tmp: Path) -> dict:
     result["single_run"] = _detection(paths, np.array([float(r["score"]) for r in rows]), flagged, noisy)
     result["single_run"]["seconds"] = single["total_seconds"]
     result["single_run"]["component_auroc"] = {
-        key: float(roc_auc_score([p in noisy for p in paths], sign * np.array([float(r[key]) for r in rows])))
+        key: float(roc_auc_score([p in noisy for p in paths], sign * np.array([_number(r[key]) for r in rows])))
         for key, sign in COMPONENTS.items()
     }
     seconds = 0.0

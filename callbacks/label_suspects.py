@@ -43,6 +43,7 @@ SCORE_HEADER = [
     "confidence",
     "variability",
     "forgetting_events",
+    "wrong_last_epoch",
     "epochs_seen",
     "cleanlab_quality",
 ]
@@ -86,19 +87,18 @@ class TrainingDynamics:
     def scores(self) -> dict[str, np.ndarray]:
         """Per-sample AUM, confidence, variability, forgetting events and the combined score.
 
-        ``score`` (higher = more suspect) is the mean of two percentile ranks over the
-        samples seen: of the negated AUM and of one minus confidence. Ranks put the logit
-        margin and the probability on one scale. NaN for samples never seen.
+        ``score`` in [0, 1], higher = more suspect: ``0.5 * [wrong at the last epoch] +
+        0.5 * (1 - confidence)``. NaN for samples never seen.
         """
         seen = np.maximum(self.seen, 1)
         aum = np.where(self.seen > 0, self.margin_sum / seen, np.nan)
         confidence = np.where(self.seen > 0, self.prob_sum / seen, np.nan)
         variance = np.maximum(self.prob_sq_sum / seen - (self.prob_sum / seen) ** 2, 0.0)
         variability = np.where(self.seen > 0, np.sqrt(variance), np.nan)
-        score = np.full(self.num_samples, np.nan)
-        mask = self.seen > 0
-        if mask.any():
-            score[mask] = 0.5 * (_percentile_rank(-aum[mask]) + _percentile_rank(-confidence[mask]))
+        # Samples the model still contradicts at the last epoch first (0.5 + ...), then by how
+        # little probability the given label got on average. Chosen over AUM and over a rank
+        # blend of AUM and confidence on injected noise; see BENCHMARKS.md for the comparison.
+        score = 0.5 * (self.last_correct == 0) + 0.5 * (1.0 - confidence)
         return {
             "aum": aum,
             "confidence": confidence,
@@ -108,9 +108,11 @@ class TrainingDynamics:
         }
 
     def flagged(self, max_margin: float, min_epochs: int) -> np.ndarray:
-        """Samples seen at least ``min_epochs`` times whose AUM is below ``max_margin``."""
+        """Samples seen at least ``min_epochs`` times whose AUM is below ``max_margin`` and whose
+        given label the model still contradicts at the last epoch (a sample it got right by the
+        end, after a slow start, is hard, not necessarily mislabelled)."""
         aum = np.where(self.seen > 0, self.margin_sum / np.maximum(self.seen, 1), np.inf)
-        return (self.seen >= min_epochs) & (aum < max_margin)
+        return (self.seen >= min_epochs) & (aum < max_margin) & (self.last_correct == 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_samples": self.num_samples, **{k: torch.from_numpy(getattr(self, k).copy()) for k in STATE_KEYS}}
@@ -126,23 +128,15 @@ class TrainingDynamics:
                 setattr(self, key, state[key].numpy().astype(getattr(self, key).dtype))
 
 
-def _percentile_rank(values: np.ndarray) -> np.ndarray:
-    """Rank of each value in [0, 1] (ties share the mean rank); higher value -> higher rank."""
-    from scipy.stats import rankdata
-
-    if len(values) == 1:
-        return np.ones(1)
-    return (rankdata(values) - 1) / (len(values) - 1)
-
-
 class LabelSuspects(Callback):
     """Ranks the training samples whose labels are probably wrong, with the evidence.
 
     Every training epoch it reads the logits of the training forward passes (gathered across
     ranks by :class:`SampleOutputs`) and updates AUM, cartography confidence/variability and
     forgetting events per sample. A training sample is *flagged* when its AUM is below
-    ``max_margin`` (by default: on average another class out-scored the given label), after
-    at least ``min_epochs`` epochs. Validation samples, whose predictions are out-of-sample,
+    ``max_margin`` (by default: on average another class out-scored the given label) and the
+    model still contradicts its label at the last epoch, after at least ``min_epochs``
+    epochs. Validation samples, whose predictions are out-of-sample,
     are checked with cleanlab's confident learning on the last epoch's probabilities.
 
     At the end of fitting (and every ``every_n_epochs`` if set) it writes
@@ -256,6 +250,7 @@ class LabelSuspects(Callback):
                     "confidence": float(stats["confidence"][i]),
                     "variability": float(stats["variability"][i]),
                     "forgetting_events": int(stats["forgetting"][i]),
+                    "wrong_last_epoch": bool(self.dynamics.last_correct[i] == 0),
                     "epochs_seen": int(self.dynamics.seen[i]),
                     "cleanlab_quality": "",
                 }
@@ -294,6 +289,7 @@ class LabelSuspects(Callback):
                 "confidence": "",
                 "variability": "",
                 "forgetting_events": "",
+                "wrong_last_epoch": bool(val.margin[r] < 0),
                 "epochs_seen": "",
                 "cleanlab_quality": float(quality[r]),
             }

@@ -40,8 +40,12 @@ def test_statistics_equal_the_formulas_on_hand_built_logits():
     # Sample 2: right, wrong, right -> 1.
     assert stats["forgetting"].tolist() == [1, 1, 1]
     assert dynamics.other_class.tolist() == [1, 2, 0]  # strongest other class, last epoch
-    # The combined score ranks the sample with the lowest margin highest.
-    assert int(np.argmax(stats["score"])) == int(np.argmin(stats["aum"]))
+    # Combined score: half for being wrong at the last epoch, half for 1 - confidence.
+    wrong_last = np.array([m[-1] < 0 for m in np.array(margins).T])
+    np.testing.assert_allclose(stats["score"], 0.5 * wrong_last + 0.5 * (1 - np.mean(probs, axis=0)))
+    assert wrong_last.tolist() == [False, True, False]
+    flagged = dynamics.flagged(max_margin=0.0, min_epochs=2)
+    assert flagged.tolist() == [False, np.mean(margins, axis=0)[1] < 0, False]
 
 
 def test_unseen_samples_have_no_score_and_state_round_trips():
@@ -114,7 +118,9 @@ def test_suspects_report_lists_flagged_samples_with_evidence(trained):
     assert len(scores) == 210  # every training sample (10 classes x 21)
     assert all(r["flagged"] == "True" for r in suspects)
     train_suspects = [r for r in suspects if r["split"] == "train"]
-    assert all(float(r["aum"]) < 0 and int(r["epochs_seen"]) >= 2 for r in train_suspects)
+    assert all(
+        float(r["aum"]) < 0 and int(r["epochs_seen"]) >= 2 and r["wrong_last_epoch"] == "True" for r in train_suspects
+    )
     assert all(r["suggested_label"] != r["given_label"] for r in train_suspects)
     flagged_in_scores = {(r["index"]) for r in scores if r["flagged"] == "True"}
     assert flagged_in_scores == {r["index"] for r in train_suspects}
