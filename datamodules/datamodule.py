@@ -170,7 +170,11 @@ class ImageDataModule(LightningDataModule):
 
         if all(s.split is None for s in samples):
             assign_splits(
-                samples, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.split_seed
+                samples,
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+                seed=self.split_seed,
+                root=data_root,
             )
         by_split = {split: [s for s in samples if s.split == split] for split in SPLITS}
         self.class_names = self._class_names(by_split, data_root)

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
 from datamodules.sources import DataError, Sample
 
 
-def assign_splits(samples: list[Sample], *, val_fraction: float, test_fraction: float, seed: int) -> None:
+def assign_splits(
+    samples: list[Sample], *, val_fraction: float, test_fraction: float, seed: int, root: str | os.PathLike = "/"
+) -> None:
     """Sets ``split`` on every sample, per class, in place.
+
+    Within a class, samples are ordered by a seeded hash of their path relative to ``root``,
+    and the first ones go to validation (then test). The order of a sample does not depend
+    on the others, so excluding or relabelling some samples in the next run leaves every
+    other sample in its split (up to rounding of the per-class counts): runs before and
+    after a data clean-up are compared on the same validation images.
 
     Written per class instead of with sklearn's ``train_test_split(stratify=...)``: that one
     needs the held-out part to hold at least one sample of every class overall and fails on
@@ -28,7 +39,11 @@ def assign_splits(samples: list[Sample], *, val_fraction: float, test_fraction: 
     by_class: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         by_class[sample.label].append(sample)
-    rng = np.random.default_rng(seed)
+
+    def key(sample: Sample) -> bytes:
+        relative = os.path.relpath(sample.path, root) if os.path.isabs(sample.path) else sample.path
+        return hashlib.sha256(f"{seed}\0{Path(relative).as_posix()}".encode()).digest()
+
     for label in sorted(by_class):
         members = by_class[label]
         n_val = max(1, round(len(members) * val_fraction))
@@ -40,9 +55,8 @@ def assign_splits(samples: list[Sample], *, val_fraction: float, test_fraction: 
                 f"{'/test' if n_test else ''} needs at least {need}. Add images to that class, remove it, "
                 "or give an explicit split (train/ and val/ folders, or a 'split' column)."
             )
-        order = rng.permutation(len(members))
-        for rank, i in enumerate(order):
-            members[i].split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+        for rank, sample in enumerate(sorted(members, key=key)):
+            sample.split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
 
 
 def fold_of_each(labels: list[int], *, num_folds: int, seed: int) -> np.ndarray:

@@ -149,3 +149,21 @@ def test_ddp_ranks_adopt_the_samples_rank_zero_prepared(digits_folder, tmp_path,
     for split in first.samples:
         assert [(s.path, s.label) for s in child.samples[split]] == [(s.path, s.label) for s in first.samples[split]]
     assert child.summary == first.summary
+
+
+def test_excluding_training_samples_keeps_the_validation_split(digits_folder, tmp_path):
+    before = ImageDataModule(source="folder", root=str(digits_folder), val_fraction=0.2)
+    before.prepare()
+    first_of_class = {}
+    for sample in before.samples["train"]:
+        first_of_class.setdefault(sample.label, sample.path)
+    drop = list(first_of_class.values())  # one training image per class: 30 -> 29, val stays round(0.2 x 29) = 6
+    with open(tmp_path / "drop.csv", "w") as f:
+        f.write("path\n" + "\n".join(drop) + "\n")
+    after = ImageDataModule(
+        source="folder", root=str(digits_folder), val_fraction=0.2, exclude=str(tmp_path / "drop.csv")
+    )
+    after.prepare()
+    # Per-class validation counts round the same way here, so the validation images are identical.
+    assert [s.path for s in after.samples["val"]] == [s.path for s in before.samples["val"]]
+    assert len(after.samples["train"]) == len(before.samples["train"]) - len(drop)
