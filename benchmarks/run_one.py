@@ -105,6 +105,8 @@ def main() -> None:
         # Time spent inside the callbacks' per-batch and epoch-end hooks, whole fit.
         "callback_hook_seconds": json.loads((run_dir / "callback_seconds.json").read_text()),
         "total_seconds": total,
+        # Samples per split (train, val, test, heldout), for counting the work done.
+        "samples_used": json.loads((run_dir / "reports" / "data_summary.json").read_text())["used"],
         # Peak resident memory of this process, and of the largest DataLoader worker.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,

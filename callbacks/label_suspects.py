@@ -182,9 +182,8 @@ class LabelSuspects(Callback):
         self.outputs: SampleOutputs | None = None
         self._pending_state: dict[str, Any] | None = None
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(max_margin=self.max_margin, min_epochs=self.min_epochs)
+    # The default state key (the class name) on purpose: the flagging settings may change on
+    # resume without losing the statistics, which do not depend on them.
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from datamodules import transforms
-from datamodules.dataset import ImageDataset, collate_skipping_failures
+from datamodules.dataset import ImageDataset, NoSingletonBatchSampler, collate_skipping_failures
 from datamodules.image_io import scan_images
 from datamodules.label_edits import exclude_samples, inject_label_noise, relabel_samples
 from datamodules.report_files import write_csv, write_json, write_records
@@ -155,8 +155,6 @@ class ImageDataModule(LightningDataModule):
         excluded, relabelled = [], []
         if self.exclude:
             samples, excluded = exclude_samples(samples, self.exclude, base=data_root)
-        if self.relabel:
-            relabelled = relabel_samples(samples, self.relabel, base=data_root)
 
         reasons = scan_images([s.path for s in samples], mode=self.scan)
         self.unreadable = [
@@ -164,18 +162,22 @@ class ImageDataModule(LightningDataModule):
             for s in samples
             if s.path in reasons
         ]
-        samples = [s for s in samples if s.path not in reasons]
-        if not samples:
+        readable = [s for s in samples if s.path not in reasons]
+        if not readable:
             raise DataError(f"no readable images in {data_root} (see the unreadable list: {len(self.unreadable)}).")
 
-        if all(s.split is None for s in samples):
+        if all(s.split is None for s in readable):
+            # By the labels as found: a relabelled image keeps its split and moves no other image.
             assign_splits(
-                samples,
+                readable,
                 val_fraction=self.val_fraction,
                 test_fraction=self.test_fraction,
                 seed=self.split_seed,
                 root=data_root,
             )
+        if self.relabel:  # over every listed sample, so a relabel of an unreadable file is not "unknown"
+            relabelled = relabel_samples(samples, self.relabel, base=data_root)
+        samples = readable
         by_split = {split: [s for s in samples if s.split == split] for split in SPLITS}
         self.class_names = self._class_names(by_split, data_root)
 
@@ -380,21 +382,25 @@ class ImageDataModule(LightningDataModule):
 
     def _loader(self, split: str, *, train: bool = False) -> DataLoader:
         dataset = self.dataset(split)
-        batch_size = self.batch_size if train else self.eval_batch_size
-        # A last training batch of one sample breaks BatchNorm on 1x1 feature maps; under DDP
-        # each rank gets ceil(N / world size) samples.
-        world_size = self.trainer.world_size if self.trainer is not None else 1
-        per_rank = math.ceil(len(dataset) / world_size)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and per_rank % batch_size == 1,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-            collate_fn=collate_skipping_failures,
-        )
+        common = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": self.pin_memory,
+            "collate_fn": collate_skipping_failures,
+        }
+        if train:
+            sampler = NoSingletonBatchSampler(RandomSampler(dataset), batch_size=self.batch_size, drop_last=False)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and len(dataset) >= trainer.world_size:
+            # Without padding: the DistributedSampler Lightning would add repeats samples to
+            # even out the ranks, and the repeats would count twice in val/test accuracy and F1.
+            # Safe for evaluation (no gradient sync), as long as every rank gets a sample.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+            return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, **common)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import BatchSampler, Dataset, default_collate
 
 from datamodules.image_io import UnreadableImageError, read_rgb
 
@@ -59,3 +59,30 @@ def collate_skipping_failures(items: list[dict]) -> dict:
         }
     batch["failed"] = failed
     return batch
+
+
+class NoSingletonBatchSampler(BatchSampler):
+    """Batches like :class:`~torch.utils.data.BatchSampler`, except that a last batch of a
+    single sample joins the batch before it.
+
+    A training batch of one breaks BatchNorm on 1x1 feature maps; dropping the sample instead
+    (``drop_last``) would leave a different training sample out of every epoch, and with it
+    out of the per-sample training statistics. Lightning re-creates this class with a
+    DistributedSampler under DDP (same constructor as BatchSampler).
+    """
+
+    def __iter__(self):
+        previous = None
+        for batch in super().__iter__():
+            if previous is not None and len(batch) == 1 and not self.drop_last:
+                batch = [*previous, *batch]
+            elif previous is not None:
+                yield previous
+            previous = batch
+        if previous is not None:
+            yield previous
+
+    def __len__(self) -> int:
+        n = super().__len__()
+        singleton = not self.drop_last and n > 1 and len(self.sampler) % self.batch_size == 1
+        return n - 1 if singleton else n

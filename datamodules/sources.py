@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,8 @@ def folder_samples(root: str | os.PathLike) -> SourceListing:
     """Lists ``root/<class>/*`` or ``root/{train,val[,test]}/<class>/*``.
 
     Files in nested folders below a class folder belong to that class. Hidden files and
-    folders and files with non-image extensions are skipped and counted.
+    folders, files with non-image extensions, images outside a class folder and (with split
+    folders) folders other than train/val/test are skipped and counted.
 
     Raises:
         DataError: the folder is missing, has no class folders, a class folder is empty, or
@@ -96,6 +98,7 @@ def folder_samples(root: str | os.PathLike) -> SourceListing:
                 f"{root} has train/ but no val/. Add {root / 'val'}/<class>/..., or put the class folders "
                 f"directly under {root} to split them automatically (data.val_fraction)."
             )
+        _count_left_out(root, set(SPLITS), "folder beside train/val/test", listing)
         for split in SPLITS:
             if split in subdirs:
                 _list_class_folders(root / split, split, listing)
@@ -104,7 +107,41 @@ def folder_samples(root: str | os.PathLike) -> SourceListing:
     return listing
 
 
+# Written by builtin_digits(); not a user's file.
+_MARKER = ".complete"
+
+
+def _count_left_out(root: Path, used_dirs: set[str] | None, folder_reason: str, listing: SourceListing) -> None:
+    """Counts what sits in ``root`` but is not read: files (there is no class to give them),
+    hidden entries and, when ``used_dirs`` is given, folders not in it. Image files and
+    unused folders are also named in a warning, since they are more likely misplaced than
+    meant to be left out."""
+    misplaced = []
+    for entry in sorted(root.iterdir()):
+        if entry.name == _MARKER:
+            continue
+        if is_hidden(entry):
+            listing.skipped["hidden file or folder"] += 1
+        elif entry.is_dir():
+            if used_dirs is not None and entry.name not in used_dirs:
+                listing.skipped[folder_reason] += 1
+                misplaced.append(entry)
+        elif entry.suffix.lower() in IMAGE_EXTENSIONS or entry.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+            listing.skipped["image outside a class folder"] += 1
+            misplaced.append(entry)
+        else:
+            listing.skipped[f"not an image extension ({entry.suffix.lower() or 'none'})"] += 1
+    if misplaced:
+        shown = ", ".join(str(p) for p in misplaced[:5]) + (" ..." if len(misplaced) > 5 else "")
+        warnings.warn(
+            f"{len(misplaced)} entries in {root} are not read (only <class>/ folders are; counted in "
+            f"reports/data_summary.json under skipped_on_purpose): {shown}",
+            stacklevel=2,
+        )
+
+
 def _list_class_folders(root: Path, split: str | None, listing: SourceListing) -> None:
+    _count_left_out(root, None, "", listing)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p))
     if not class_dirs:
         raise DataError(
@@ -114,7 +151,8 @@ def _list_class_folders(root: Path, split: str | None, listing: SourceListing) -
         before = len(listing.samples)
         for dirpath, dirnames, filenames in os.walk(class_dir):
             hidden_dirs = [d for d in dirnames if d.startswith(".")]
-            listing.skipped["hidden file or folder"] += len(hidden_dirs)
+            if hidden_dirs:
+                listing.skipped["hidden file or folder"] += len(hidden_dirs)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 path = Path(dirpath) / name

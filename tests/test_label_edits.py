@@ -88,19 +88,28 @@ def test_exclude_drops_exactly_the_listed_samples(digits_folder, tmp_path):
 def test_relabel_changes_exactly_the_listed_labels(digits_folder, tmp_path):
     base = ImageDataModule(source="folder", root=str(digits_folder))
     base.prepare()
-    target = base.samples["train"][4]
-    _write(tmp_path / "fix.csv", ["path", "label"], [[target.path, "digit_8"]])
+    target, val_target = base.samples["train"][4], base.samples["val"][0]
+    new_label = "digit_8" if target.label != "digit_8" else "digit_7"
+    new_val_label = "digit_1" if val_target.label != "digit_1" else "digit_2"
+    _write(tmp_path / "fix.csv", ["path", "label"], [[target.path, new_label], [val_target.path, new_val_label]])
     dm = ImageDataModule(
         source="folder", root=str(digits_folder), relabel=str(tmp_path / "fix.csv"), reports_dir=str(tmp_path / "r")
     )
     dm.prepare()
+    # Every image stays in its split, the relabelled ones included.
+    for split in base.samples:
+        assert [s.path for s in dm.samples[split]] == [s.path for s in base.samples[split]], split
     changed = [
-        (a.path, b.label) for a, b in zip(base.samples["train"], dm.samples["train"], strict=True) if a.label != b.label
+        (a.path, b.label)
+        for split in base.samples
+        for a, b in zip(base.samples[split], dm.samples[split], strict=True)
+        if a.label != b.label
     ]
-    assert changed == [(target.path, "digit_8")]
+    assert changed == [(target.path, new_label), (val_target.path, new_val_label)]
     with open(tmp_path / "r" / "relabelled.csv") as f:
         assert list(csv.DictReader(f)) == [
-            {"path": target.path, "split": "", "old_label": target.label, "new_label": "digit_8"}
+            {"path": target.path, "split": "train", "old_label": target.label, "new_label": new_label},
+            {"path": val_target.path, "split": "val", "old_label": val_target.label, "new_label": new_val_label},
         ]
 
 

@@ -167,3 +167,48 @@ def test_excluding_training_samples_keeps_the_validation_split(digits_folder, tm
     # Per-class validation counts round the same way here, so the validation images are identical.
     assert [s.path for s in after.samples["val"]] == [s.path for s in before.samples["val"]]
     assert len(after.samples["train"]) == len(before.samples["train"]) - len(drop)
+
+
+def test_entries_outside_class_folders_are_counted_and_named(digits_folder, tmp_path):
+    root = tmp_path / "flat"
+    shutil.copytree(digits_folder, root)
+    shutil.copy(next(digits_folder.glob("digit_0/*.png")), root / "loose.png")
+    (root / "notes.txt").write_text("x")
+    shutil.copytree(digits_folder / "digit_1", root / ".old_digit_1")
+    with pytest.warns(UserWarning, match=r"1 entries in .*flat are not read.*loose\.png"):
+        listing = folder_samples(root)
+    assert len(listing.samples) == 300  # the class folders only
+    assert listing.skipped == {
+        "image outside a class folder": 1,
+        "not an image extension (.txt)": 1,
+        "hidden file or folder": 1,
+    }
+
+    split_root = tmp_path / "split"
+    for split in ("train", "val"):
+        shutil.copytree(digits_folder, split_root / split)
+    shutil.copytree(digits_folder / "digit_2", split_root / "unsorted")
+    shutil.copy(next(digits_folder.glob("digit_0/*.png")), split_root / "train" / "stray.png")
+    with pytest.warns(UserWarning) as warned:
+        listing = folder_samples(split_root)
+    messages = " ".join(str(w.message) for w in warned)
+    assert "unsorted" in messages and "stray.png" in messages
+    assert len(listing.samples) == 600
+    assert listing.skipped == {"folder beside train/val/test": 1, "image outside a class folder": 1}
+
+
+def test_no_training_batch_of_one_and_no_sample_left_out():
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    from datamodules.dataset import NoSingletonBatchSampler
+
+    for n, batch_size in ((17, 8), (16, 8), (9, 8), (1, 8), (25, 4)):
+        sampler = NoSingletonBatchSampler(SequentialSampler(range(n)), batch_size=batch_size, drop_last=False)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(n))  # every sample once
+        assert n == 1 or min(len(b) for b in batches) > 1
+    batches = list(NoSingletonBatchSampler(SequentialSampler(range(17)), batch_size=8, drop_last=False))
+    assert [len(b) for b in batches] == [8, 9]
+    shuffled = list(NoSingletonBatchSampler(RandomSampler(range(33)), batch_size=8, drop_last=False))
+    assert [len(b) for b in shuffled] == [8, 8, 8, 9] and sorted(sum(shuffled, [])) == list(range(33))
