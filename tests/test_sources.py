@@ -211,4 +211,4 @@ def test_no_training_batch_of_one_and_no_sample_left_out():
     batches = list(NoSingletonBatchSampler(SequentialSampler(range(17)), batch_size=8, drop_last=False))
     assert [len(b) for b in batches] == [8, 9]
     shuffled = list(NoSingletonBatchSampler(RandomSampler(range(33)), batch_size=8, drop_last=False))
-    assert [len(b) for b in shuffled] == [8, 8, 8, 9] and sorted(sum(shuffled, [])) == list(range(33))
+    assert [len(b) for b in shuffled] == [8, 8, 8, 9] and sorted(i for b in shuffled for i in b) == list(range(33))
