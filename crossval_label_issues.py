@@ -75,14 +75,12 @@ def load_folds(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame |
 
 
 def find_issues(folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
+    from callbacks.label_suspects import confident_learning
 
     probs = folds[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
     probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 digits
     labels = folds["label_id"].to_numpy()
-    issues = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
-    quality = get_label_quality_scores(labels, probs)
+    issues, quality = confident_learning(labels, probs)
     others = probs.copy()
     others[np.arange(len(labels)), labels] = -1
     table = pd.DataFrame(

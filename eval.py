@@ -1,77 +1,96 @@
 """Evaluate a checkpoint on the validation and test splits, with every review panel.
 
-    python eval.py ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt
-    python eval.py ckpt_path=... data=folder data.root=~/shots       # same data options as training
+    python eval.py ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt     # the run's own samples
+    python eval.py ckpt_path=... data=folder data.root=~/other_shots          # other data, same classes
 
-The checkpoint is read with ``torch.load(weights_only=True)``: only tensors and plain values.
-Its class list and preprocessing (input size, crop, normalisation) are reused, and the
-validation metrics it was saved with are printed beside the ones measured now.
+With nothing else typed, the samples, classes and preprocessing come from the checkpoint and its
+run folder (``<run>/catalogue.json``). The checkpoint is read with ``torch.load(weights_only=True)``
+and its values are checked as plain types before use; the validation metrics it was saved with
+are printed beside the ones measured now.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig
 
-import harness  # first: sets up the environment and the config resolvers
 from datamodules import DataError
+from runs import build, ddp, environment, hparams
+from runs.checkpoints import read_checkpoint
+from runs.errors import ConfigError, reported
+from runs.folder import RunFolder
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Evaluates ``cfg.ckpt_path`` on ``cfg.splits``; returns ``{split: metrics}``."""
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = Path(cfg.ckpt_path).expanduser()
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist.")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    trained = checkpoint["hyper_parameters"]
-    data_state = checkpoint.get("ImageDataModule", {})
+    trained = read_checkpoint(cfg.ckpt_path)
+    folder = RunFolder(cfg.paths.output_dir)
+    child = build.is_child()
+    options = build.data_options(cfg)
+    build.loader_options(options)
+    unknown = [s for s in cfg.splits if s not in ("val", "test")]
+    if unknown:
+        raise ConfigError(f"splits: {unknown} are not among val, test.")
+    if options["source"] == "run" and not options.get("run_dir"):
+        options["run_dir"] = str(trained.run_dir)  # the checkpoint's own run
+    if not child:
+        folder.claim()
+    try:
+        if not child:
+            build.save_config(cfg, folder)
+        return _evaluate(cfg, folder, options, trained, child)
+    finally:
+        folder.release()
 
-    def from_checkpoint(datamodule):
-        # Architecture, class list and what changes the loss come from the checkpoint's
-        # hyper-parameters (plain values; nothing in a checkpoint is ever instantiated).
-        return trained["class_names"], {k: trained[k] for k in ("name", "label_smoothing", "drop_rate") if k in trained}
 
-    run_dir = Path(cfg.paths.output_dir)
-    harness.share_config_with_ddp_children(cfg, run_dir)
-    datamodule, model, trainer = harness.build(cfg, num_classes_from=from_checkpoint)
-    datamodule.load_state_dict(data_state)  # checks the classes; reuses the trained preprocessing
+def _evaluate(cfg, folder: RunFolder, options: dict, trained, child: bool) -> dict[str, dict[str, float]]:
+    catalogue = build.catalogue(options, folder, child=child)
+    if catalogue.class_names != trained.class_names:
+        raise DataError(
+            f"the checkpoint was trained on {len(trained.class_names)} classes {trained.class_names[:10]}, but this "
+            f"data has {len(catalogue.class_names)}: {catalogue.class_names[:10]}. Evaluate on data with the same "
+            "classes."
+        )
+    prep = build.preprocessing(trained.preprocessing, options)
+    # Architecture and what changes the loss come from the checkpoint, as plain arguments.
+    kept = {k: trained.hyper_parameters[k] for k in ("label_smoothing", "drop_rate") if k in trained.hyper_parameters}
+    model = build.model(cfg, class_names=trained.class_names, name=trained.name, preprocessing=prep.as_dict(), **kept)
+    datamodule = build.datamodule(cfg, catalogue, prep, options, folder)
+    trainer = build.trainer(cfg)
 
     results: dict[str, dict[str, float]] = {}
     for split in cfg.splits:
-        if split not in datamodule.samples:
-            print(f"skipping {split}: this data has no {split} split")
+        if split not in catalogue.splits:
+            if trainer.is_global_zero:
+                print(f"skipping {split}: this data has no {split} split")
             continue
-        run = {"val": trainer.validate, "test": trainer.test}.get(split)
-        if run is None:
-            raise DataError(f"splits: {split!r} is not one of val, test")
-        out = run(model, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
-        results[split] = harness.scalar_metrics(out[0]) if out else {}
+        run = {"val": trainer.validate, "test": trainer.test}[split]
+        out = run(model, datamodule=datamodule, ckpt_path=str(trained.path), weights_only=True)
+        results[split] = hparams.scalar_metrics(out[0]) if out else {}
     datamodule.report_load_failures()
 
-    saved = checkpoint.get("val_metrics", {})
-    harness.write_json(run_dir / "reports" / "metrics.json", {**results, "saved_val_metrics": saved})
-    lines = [f"checkpoint   {ckpt_path} (epoch {checkpoint.get('epoch')}, {trained['name']})"]
-    for key, now in results.get("val", {}).items():
-        if key in saved:
-            lines.append(f"{key:<15}now {now:.4f}   saved with checkpoint {saved[key]:.4f}")
-    for key, now in results.get("test", {}).items():
-        lines.append(f"{key:<15}{now:.4f}")
-    lines.append(f"run folder   {run_dir}")
-    lines.append(f"review       tensorboard --logdir {run_dir} --samples_per_plugin images=1000")
-    harness.print_summary(lines)
+    if trainer.is_global_zero:
+        folder.write_json("metrics.json", {**results, "saved_val_metrics": trained.val_metrics})
+        rows = [
+            ("checkpoint", f"{trained.path} (epoch {trained.epoch}, {trained.name})"),
+            ("data", catalogue.describe()),
+        ]
+        for key, now in results.get("val", {}).items():
+            if key in trained.val_metrics:
+                rows.append((key, f"now {now:.4f}   saved with checkpoint {trained.val_metrics[key]:.4f}"))
+        rows += [(key, f"{now:.4f}") for key, now in results.get("test", {}).items()]
+        folder.print_summary(rows)
     return results
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with harness.job_scope():
+    with reported(), ddp.job_scope():
         evaluate(cfg)
 
 
 if __name__ == "__main__":
-    harness.main(evaluate, main)
+    environment.setup()
+    ddp.run_job(evaluate, main)

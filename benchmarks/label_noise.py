@@ -31,8 +31,16 @@ SCENARIOS = {
     "uniform_30": ["data.label_noise=0.3", "data.label_noise_type=uniform"],
     "pair_20": ["data.label_noise=0.2", "data.label_noise_type=class_pair"],
 }
-SINGLE = ["callbacks=minimal", "+callbacks.label_suspects._target_=callbacks.LabelSuspects"]
-FOLD = ["callbacks=minimal", "+callbacks.heldout_predictions._target_=callbacks.HeldoutPredictions"]
+SINGLE = [
+    "callbacks=minimal",
+    "+callbacks.sample_outputs._target_=callbacks.SampleOutputs",
+    "+callbacks.label_suspects._target_=callbacks.LabelSuspects",
+]
+FOLD = [
+    "callbacks=minimal",
+    "+callbacks.sample_outputs._target_=callbacks.SampleOutputs",
+    "+callbacks.heldout_predictions._target_=callbacks.HeldoutPredictions",
+]
 # Each column of label_scores.csv, signed so that higher = more suspect.
 COMPONENTS = {"score": 1, "aum": -1, "confidence": -1, "variability": 1, "forgetting_events": 1, "wrong_last_epoch": 1}
 

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback
 from omegaconf import open_dict
 
-import harness  # noqa: F401  (config resolvers)
+from runs import environment
 from train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +81,7 @@ class HookSpan(Callback):
 
 
 def main() -> None:
+    environment.setup()
     run_dir, overrides = Path(sys.argv[1]), sys.argv[2:]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={run_dir}"])

@@ -6,8 +6,9 @@ from callbacks.embedding_projector import EmbeddingProjector
 from callbacks.hardest_errors import HardestErrors
 from callbacks.heldout_predictions import HeldoutPredictions
 from callbacks.label_suspects import LabelSuspects, TrainingDynamics
+from callbacks.outputs_reader import Need, OutputsReader
 from callbacks.per_class_metrics import PerClassMetrics
-from callbacks.sample_outputs import EpochOutputs, SampleOutputs, shared_outputs
+from callbacks.sample_outputs import EpochOutputs, SampleOutputs
 
 __all__ = [
     "AugmentationPreview",
@@ -17,8 +18,9 @@ __all__ = [
     "HardestErrors",
     "HeldoutPredictions",
     "LabelSuspects",
+    "Need",
+    "OutputsReader",
     "PerClassMetrics",
     "SampleOutputs",
     "TrainingDynamics",
-    "shared_outputs",
 ]

@@ -8,9 +8,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.outputs_reader import check_datamodule
 from callbacks.rendering import INK
-from callbacks.review import check_datamodule
 from datamodules.image_io import UnreadableImageError, read_rgb
+from runs.folder import RunFolder
 
 
 class AugmentationPreview(Callback):
@@ -54,7 +55,6 @@ class AugmentationPreview(Callback):
     @rank_zero_only
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         datamodule = trainer.datamodule
-        datamodule.setup("fit")
         pipeline = datamodule.train_transform(normalize=False)
         pipeline.set_random_seed(self.seed)
         targets = datamodule.targets("train")
@@ -76,11 +76,11 @@ class AugmentationPreview(Callback):
                     augmented = pipeline(image=original)["image"]
                     images.append(rendering.fit_square(augmented, self.thumbnail_size))
                     captions.append([("", INK), (f"augmented {d + 1}", INK)])
-        size = datamodule.preprocessing["input_size"]
+        size = datamodule.preprocessing.input_size
         title = (
             f"train augmentation: original | {self.draws} draws, at the model input size "
             f"{size[1]}x{size[0]} (shown {self.thumbnail_size} px)"
         )
         grid = rendering.gallery(images, captions, columns=1 + self.draws, title=title)
-        rendering.save_png(rendering.reports_dir(trainer) / "augmentation_preview.png", grid)
+        rendering.save_png(RunFolder.of(trainer).report("augmentation_preview.png"), grid)
         rendering.log_image(trainer, "train/augmentation_preview", grid, trainer.current_epoch)

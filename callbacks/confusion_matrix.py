@@ -10,6 +10,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from callbacks import rendering
 from callbacks.review import REVIEW_SPLITS, SplitReview
 from callbacks.sample_outputs import EpochOutputs
+from runs.folder import RunFolder
 
 
 def confused_pairs(matrix: np.ndarray, top: int) -> list[tuple[int, int, int, float]]:
@@ -71,8 +72,8 @@ class ConfusionMatrix(SplitReview):
             torch.from_numpy(outputs.pred), torch.from_numpy(outputs.target), num_classes=len(names)
         ).numpy()
         split = outputs.split
-        rendering.write_csv(
-            rendering.reports_dir(trainer, split) / "confusion_matrix.csv",
+        RunFolder.of(trainer).write_csv(
+            f"{split}/confusion_matrix.csv",
             ["true \\ predicted", *names],
             [[name, *row.tolist()] for name, row in zip(names, matrix, strict=True)],
         )

@@ -10,7 +10,8 @@ from lightning.pytorch import LightningModule, Trainer
 
 from callbacks import rendering
 from callbacks.review import REVIEW_SPLITS, SplitReview
-from callbacks.sample_outputs import EpochOutputs
+from callbacks.sample_outputs import EpochOutputs, l2_normalize
+from runs.folder import RunFolder
 
 SPRITE_LIMIT = 8192  # px per side; TensorBoard's projector does not load larger sprites
 METADATA_HEADER = [
@@ -185,7 +186,7 @@ class EmbeddingProjector(SplitReview):
                 target, pred, confidence, loss, own, predicted, subset, samples, strict=True
             )
         ]
-        rendering.write_csv(rendering.reports_dir(trainer, split) / "embedding_points.csv", header, table)
+        RunFolder.of(trainer).write_csv(f"{split}/embedding_points.csv", header, table)
 
         writer = rendering.tensorboard(trainer)
         if writer is not None:
@@ -213,7 +214,7 @@ class EmbeddingProjector(SplitReview):
 
         # On unit vectors (cosine geometry): raw pooled features have a few huge dimensions
         # that would otherwise squeeze every class into one corner.
-        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        unit = l2_normalize(emb)
         points = PCA(n_components=2, random_state=0).fit_transform(unit) if len(emb) > 2 else np.zeros((len(emb), 2))
         wrong = target != pred
         cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")

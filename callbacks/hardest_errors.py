@@ -7,18 +7,18 @@ from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.outputs_reader import Need
 from callbacks.rendering import BAD, GOOD, INK
 from callbacks.review import REVIEW_SPLITS, SplitReview
-from callbacks.sample_outputs import EpochOutputs
+from callbacks.sample_outputs import EpochOutputs, l2_normalize
+from runs.folder import RunFolder
 
 CSV_HEADER = ["rank", "index", "path", "true", "predicted", "confidence", "prob_true", "loss"]
 
 
 def nearest(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
     """Row numbers of the ``k`` most cosine-similar ``pool`` rows for each query."""
-    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    p = pool / np.maximum(np.linalg.norm(pool, axis=1, keepdims=True), 1e-12)
-    return np.argsort(-(q @ p.T), axis=1, kind="stable")[:, :k]
+    return np.argsort(-(l2_normalize(queries) @ l2_normalize(pool).T), axis=1, kind="stable")[:, :k]
 
 
 class HardestErrors(SplitReview):
@@ -68,10 +68,10 @@ class HardestErrors(SplitReview):
         self.thumbs = rendering.ThumbnailCache(thumbnail_size)
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if self.needs_embeddings:
-            self.outputs.require("train", logits=False, embeddings=True)
+    def needs(self, trainer: Trainer, stage: str) -> list[Need]:
+        # Nearest training images: the training embeddings of the previous epoch (when fitting).
+        train = [Need("train", logits=False, embeddings=True)] if self.needs_embeddings and stage == "fit" else []
+        return super().needs(trainer, stage) + train
 
     def review(self, trainer: Trainer, pl_module: LightningModule, outputs: EpochOutputs, step: int) -> None:
         datamodule = trainer.datamodule
@@ -83,8 +83,8 @@ class HardestErrors(SplitReview):
         by_confidence = wrong[np.argsort(-outputs.confidence[wrong], kind="stable")]
         rows_n = np.arange(len(outputs))
         prob_true = outputs.probs[rows_n, outputs.target]
-        rendering.write_csv(
-            rendering.reports_dir(trainer, split) / "hardest.csv",
+        RunFolder.of(trainer).write_csv(
+            f"{split}/hardest.csv",
             CSV_HEADER,
             [
                 [

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from callbacks import rendering
-from callbacks.review import check_datamodule
-from callbacks.sample_outputs import SampleOutputs, shared_outputs
+from callbacks.outputs_reader import Need, OutputsReader
 from datamodules import HELDOUT
+from runs.folder import RunFolder
 
 
-class HeldoutPredictions(Callback):
+class HeldoutPredictions(OutputsReader):
     """Writes ``reports/heldout_probs.csv`` when a K-fold job predicts its held-out fold.
 
     ``train.py`` runs that prediction after fitting when ``data.num_folds`` is set; the
@@ -25,15 +24,9 @@ class HeldoutPredictions(Callback):
         trainer.predict(model, datamodule=datamodule)  # with HeldoutPredictions() in the callbacks
     """
 
-    def __init__(self) -> None:
-        self.outputs: SampleOutputs | None = None
-
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "predict":
-            check_datamodule(trainer, self)
-            self.outputs = shared_outputs(trainer)
-            self.outputs.require(HELDOUT)
+    def needs(self, trainer: Trainer, stage: str) -> list[Need]:
+        return [Need(HELDOUT)] if stage == "predict" and HELDOUT in trainer.datamodule.samples else []
 
     @override
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -42,15 +35,15 @@ class HeldoutPredictions(Callback):
         outputs = self.outputs.gather(trainer, pl_module, HELDOUT)  # collective: every rank
         if outputs is None or not trainer.is_global_zero:
             return
-        datamodule = trainer.datamodule
-        names = datamodule.class_names
-        samples = datamodule.samples[HELDOUT]
+        catalogue = trainer.datamodule.catalogue
+        names = catalogue.class_names
+        samples = catalogue.splits[HELDOUT]
         rows = [
             [
                 samples[i].path,
                 int(i),
-                datamodule.fold,
-                datamodule.num_folds,
+                catalogue.fold,
+                catalogue.num_folds,
                 names[t],
                 int(t),
                 *(round(float(p), 6) for p in probs),
@@ -58,4 +51,4 @@ class HeldoutPredictions(Callback):
             for i, t, probs in zip(outputs.index, outputs.target, outputs.probs, strict=True)
         ]
         header = ["path", "index", "fold", "num_folds", "given_label", "label_id", *(f"prob_{n}" for n in names)]
-        rendering.write_csv(rendering.reports_dir(trainer) / "heldout_probs.csv", header, rows)
+        RunFolder.of(trainer).write_csv("heldout_probs.csv", header, rows)

@@ -20,14 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.outputs_reader import Need, OutputsReader
 from callbacks.rendering import BAD, GOOD, INK
-from callbacks.review import check_datamodule
-from callbacks.sample_outputs import EpochOutputs, SampleOutputs, shared_outputs
+from callbacks.sample_outputs import EpochOutputs
+from runs.folder import RunFolder
 
 STATE_KEYS = ("seen", "margin_sum", "prob_sum", "prob_sq_sum", "last_correct", "forgetting", "other_class")
 SCORE_HEADER = [
@@ -128,7 +129,20 @@ class TrainingDynamics:
                 setattr(self, key, state[key].numpy().astype(getattr(self, key).dtype))
 
 
-class LabelSuspects(Callback):
+def confident_learning(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's confident learning on out-of-sample probabilities: (flagged, label quality in [0, 1]).
+
+    ``find_label_issues(filter_by="prune_by_noise_rate")`` for the flagged set and
+    ``get_label_quality_scores`` (self-confidence) for the ranking; used for the validation split
+    here and for K-fold probabilities by ``crossval_label_issues.py``.
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    return find_label_issues(labels, probs, filter_by="prune_by_noise_rate"), get_label_quality_scores(labels, probs)
+
+
+class LabelSuspects(OutputsReader):
     """Ranks the training samples whose labels are probably wrong, with the evidence.
 
     Every training epoch it reads the logits of the training forward passes (gathered across
@@ -179,21 +193,23 @@ class LabelSuspects(Callback):
         self.cleanlab_on_val, self.gallery_size = cleanlab_on_val, gallery_size
         self.thumbs = rendering.ThumbnailCache(thumbnail_size)
         self.dynamics: TrainingDynamics | None = None
-        self.outputs: SampleOutputs | None = None
         self._pending_state: dict[str, Any] | None = None
 
     # The default state key (the class name) on purpose: the flagging settings may change on
     # resume without losing the statistics, which do not depend on them.
 
     @override
+    def needs(self, trainer: Trainer, stage: str) -> list[Need]:
+        if stage != "fit":
+            return []
+        # O(N) label statistics are enough for training; cleanlab needs the validation probabilities.
+        return [Need("train", logits=False)] + ([Need("val")] if self.cleanlab_on_val else [])
+
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        check_datamodule(trainer, self)
-        self.outputs = shared_outputs(trainer)
-        self.outputs.require("train", logits=False)  # O(N) label statistics are enough
-        if self.cleanlab_on_val:
-            self.outputs.require("val")
         self.dynamics = TrainingDynamics(len(trainer.datamodule.samples["train"]))
         if self._pending_state is not None:
             self.dynamics.load_state_dict(self._pending_state)
@@ -262,15 +278,10 @@ class LabelSuspects(Callback):
     def _confident_learning(self, trainer: Trainer, val: EpochOutputs | None) -> list[dict[str, Any]]:
         if val is None or len(val) < 2:
             return []
-        from cleanlab.filter import find_label_issues
-        from cleanlab.rank import get_label_quality_scores
-
         names = trainer.datamodule.class_names
         samples = trainer.datamodule.samples["val"]
-        probs = val.probs
         try:
-            issues = find_label_issues(val.target, probs, filter_by="prune_by_noise_rate")
-            quality = get_label_quality_scores(val.target, probs)
+            issues, quality = confident_learning(val.target, val.probs)
         except (ValueError, IndexError) as err:  # e.g. classes absent from the validation split
             rank_zero_warn(f"LabelSuspects: confident learning on the validation split failed: {err}")
             return []
@@ -297,14 +308,14 @@ class LabelSuspects(Callback):
 
     def write(self, trainer: Trainer, step: int) -> None:
         rows = self.table(trainer)
-        out = rendering.reports_dir(trainer)
+        folder = RunFolder.of(trainer)
 
         def as_row(r: dict[str, Any]) -> list:
             return [round(v, 5) if isinstance(v, float) else v for v in (r[k] for k in SCORE_HEADER)]
 
-        rendering.write_csv(out / "label_scores.csv", SCORE_HEADER, [as_row(r) for r in rows if r["split"] == "train"])
+        folder.write_csv("label_scores.csv", SCORE_HEADER, [as_row(r) for r in rows if r["split"] == "train"])
         suspects = [r for r in rows if r["flagged"]]
-        rendering.write_csv(out / "label_suspects.csv", SCORE_HEADER, [as_row(r) for r in suspects])
+        folder.write_csv("label_suspects.csv", SCORE_HEADER, [as_row(r) for r in suspects])
         n_train = sum(r["split"] == "train" for r in suspects)
         text = (
             f"**epoch {step}: {n_train} training and {len(suspects) - n_train} validation samples flagged** "
@@ -341,10 +352,8 @@ class LabelSuspects(Callback):
         seen = self.dynamics.seen > 0
         flagged = self.dynamics.flagged(self.max_margin, self.min_epochs)
         injected = np.zeros(len(seen), bool)
-        train_index = {s.path: i for i, s in enumerate(trainer.datamodule.samples["train"])}
-        for flip in getattr(trainer.datamodule, "injected_noise", []):
-            if flip.path in train_index:
-                injected[train_index[flip.path]] = True
+        flipped = [f["index"] for f in trainer.datamodule.catalogue.injected_noise if f["split"] == "train"]
+        injected[flipped] = True
         fig, ax = plt.subplots(figsize=(8, 6.5), dpi=100, layout="constrained")
         rest = seen & ~flagged
         ax.scatter(

@@ -14,6 +14,7 @@ from torchmetrics.functional.classification import (
 from callbacks import rendering
 from callbacks.review import REVIEW_SPLITS, SplitReview
 from callbacks.sample_outputs import EpochOutputs
+from runs.folder import RunFolder
 
 
 class PerClassMetrics(SplitReview):
@@ -70,7 +71,7 @@ class PerClassMetrics(SplitReview):
             for c in order
         ]
         split = outputs.split
-        rendering.write_csv(rendering.reports_dir(trainer, split) / "per_class_metrics.csv", header, rows)
+        RunFolder.of(trainer).write_csv(f"{split}/per_class_metrics.csv", header, rows)
         rendering.log_text(
             trainer,
             f"{split}/per_class_metrics",

@@ -1,5 +1,5 @@
-"""Turning findings into things people look at: TensorBoard images and text, galleries of the
-original images with captions, and plain files under the run's ``reports/`` folder."""
+"""Turning findings into things people look at: TensorBoard images and text, and galleries of the
+original images with captions. (Plain report files go through ``runs.folder.RunFolder``.)"""
 
 from __future__ import annotations
 
@@ -18,18 +18,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw, ImageFont
 
 from datamodules.image_io import UnreadableImageError, read_rgb
-from datamodules.report_files import write_csv  # noqa: F401  (re-exported for the callbacks)
 
 GOOD = (27, 120, 55)
 BAD = (200, 30, 30)
 INK = (20, 20, 20)
-
-
-def reports_dir(trainer: Trainer, *parts: str) -> Path:
-    """``<run dir>/reports[/parts]``, created."""
-    path = Path(trainer.default_root_dir, "reports", *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def tensorboard(trainer: Trainer):

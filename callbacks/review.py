@@ -1,29 +1,19 @@
-"""What every error-review callback shares: which splits it reads, how often, and who writes."""
+"""What every error-review panel shares: which splits it reads, how often, and who writes."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from callbacks.sample_outputs import EpochOutputs, SampleOutputs, shared_outputs
+from callbacks.outputs_reader import Need, OutputsReader
+from callbacks.sample_outputs import EpochOutputs
 
 REVIEW_SPLITS = ("val", "test")
 
 
-def check_datamodule(trainer: Trainer, callback: Callback) -> None:
-    """The review callbacks read class names, paths and targets from lookout's data module."""
-    datamodule = trainer.datamodule
-    if datamodule is None or not all(hasattr(datamodule, a) for a in ("class_names", "samples", "targets")):
-        raise MisconfigurationException(
-            f"{type(callback).__name__} needs lookout's ImageDataModule (class names and file paths of each "
-            f"sample); got {type(datamodule).__name__}. Pass it as `trainer.fit(model, datamodule=...)`."
-        )
-
-
-class SplitReview(Callback, ABC):
+class SplitReview(OutputsReader):
     """Base class: reviews the gathered outputs of the validation split every ``every_n_epochs``
     epochs (not during sanity checking) and of the test split whenever it is evaluated.
 
@@ -48,14 +38,10 @@ class SplitReview(Callback, ABC):
             raise ValueError(f"{type(self).__name__}(splits={list(splits)}): allowed are {list(REVIEW_SPLITS)}.")
         self.every_n_epochs = every_n_epochs
         self.splits = tuple(splits)
-        self.outputs: SampleOutputs | None = None
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        check_datamodule(trainer, self)
-        self.outputs = shared_outputs(trainer)
-        for split in self.splits:
-            self.outputs.require(split, embeddings=self.needs_embeddings)
+    def needs(self, trainer: Trainer, stage: str) -> list[Need]:
+        return [Need(split, embeddings=self.needs_embeddings) for split in self.splits]
 
     def _due(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking:

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
-from datamodules.datamodule import STAGE_SPLIT
+from models.outputs import PREDICT_SPLITS, STAGE_SPLIT, StepOutput
 
 
 @dataclass
@@ -83,6 +83,11 @@ def label_statistics(logits: torch.Tensor, target: torch.Tensor) -> dict[str, to
     }
 
 
+def l2_normalize(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine geometry); all-zero rows stay zero."""
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def stratified_subset(targets: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
     """Sorted indices of at most ``max_samples`` samples, every class in proportion (at least one each)."""
     n = len(targets)
@@ -104,8 +109,9 @@ def stratified_subset(targets: np.ndarray, max_samples: int, seed: int) -> np.nd
 class SampleOutputs(Callback):
     """Collects per-sample step outputs and gathers them across ranks, once per split and epoch.
 
-    The review callbacks find (or add) this callback with :func:`shared_outputs` in their
-    ``setup`` and call :meth:`require` for the splits they read; only those are collected.
+    Every callback that reads per-sample outputs (an :class:`~callbacks.outputs_reader.OutputsReader`)
+    finds this callback in its ``setup`` and calls :meth:`require` for the splits it reads; only
+    those are collected. It is part of the callbacks config (``callbacks.sample_outputs``).
 
     Memory, for the epoch in progress: O(N) numbers per collected split, plus N x C logits
     for the splits whose logits a callback reads (validation and test, not training), plus
@@ -135,6 +141,8 @@ class SampleOutputs(Callback):
         self._subsets: dict[str, np.ndarray] = {}
         self._cache: dict[str, EpochOutputs] = {}  # this epoch's gathered outputs
         self._latest: dict[str, EpochOutputs] = {}  # the last completed epoch's, kept until replaced
+        self._best: dict[str, EpochOutputs] = {}  # those of the epoch the best checkpoint was saved at
+        self._best_path = ""
 
     def require(self, split: str, *, logits: bool = True, embeddings: bool = False) -> None:
         """Collects ``split`` (``train``, ``val``, ``test``, ``heldout``): always indices, targets,
@@ -147,6 +155,26 @@ class SampleOutputs(Callback):
         """The most recently gathered outputs of ``split`` (e.g. the previous training epoch's)."""
         return self._latest.get(split)
 
+    def best(self, split: str) -> EpochOutputs | None:
+        """The gathered outputs of ``split`` from the epoch the run's best checkpoint
+        (``trainer.checkpoint_callback.best_model_path``) was saved at; known from the epoch after
+        it, and at ``on_fit_end``. Callbacks that fit something to the final model (a temperature,
+        thresholds) read the validation outputs of that model here instead of making another pass.
+        ``None`` before, without a checkpoint callback, or when the best epoch was before a resume."""
+        return self._best.get(split)
+
+    def _track_best(self, trainer: Trainer) -> None:
+        # Checkpoints are saved at the end of a training epoch, after its validation: when the best
+        # path has just changed, the latest gathered outputs are those of the new best epoch.
+        # (The file name is often fixed, e.g. best.ckpt: the score tells a new best apart.)
+        checkpoint = trainer.checkpoint_callback
+        path = getattr(checkpoint, "best_model_path", "") or ""
+        score = getattr(checkpoint, "best_model_score", None)
+        key = f"{path}:{float(score) if score is not None else ''}"
+        if path and key != self._best_path:
+            self._best_path = key
+            self._best = dict(self._latest)
+
     def embedding_subset(self, trainer: Trainer, split: str) -> np.ndarray:
         """Indices whose embeddings are kept for ``split`` (seeded, stratified, fixed for the run)."""
         if split not in self._subsets:
@@ -155,8 +183,15 @@ class SampleOutputs(Callback):
         return self._subsets[split]
 
     # ------------------------------------------------------------------ collecting
-    def _start(self, trainer: Trainer, stage: str) -> None:
+    def _split(self, trainer: Trainer, stage: str) -> str:
         split = STAGE_SPLIT[stage]
+        if split in PREDICT_SPLITS:  # a K-fold job's held-out fold, or unlabelled images
+            samples = trainer.datamodule.samples
+            split = next((s for s in PREDICT_SPLITS if s in samples), split)
+        return split
+
+    def _start(self, trainer: Trainer, stage: str) -> None:
+        split = self._split(trainer, stage)
         self._cache.pop(split, None)
         if split in self._wanted and not trainer.sanity_checking:
             keys = ("index", "target", "loss", "margin", "p_target", "other_class", "logits", "emb_index", "emb")
@@ -165,22 +200,23 @@ class SampleOutputs(Callback):
             self._buffers.pop(split, None)
 
     def _collect(self, trainer: Trainer, pl_module: LightningModule, stage: str, outputs: Any) -> None:
-        split = STAGE_SPLIT[stage]
+        split = self._split(trainer, stage)
         buffers = self._buffers.get(split)
-        if buffers is None or not isinstance(outputs, dict) or "logits" not in outputs:
+        step = StepOutput.of(outputs)
+        if buffers is None or step is None:
             return
-        logits = outputs["logits"].float()
-        buffers["index"].append(outputs["index"])
-        buffers["target"].append(outputs["target"])
-        buffers["loss"].append(outputs["sample_loss"].float())
-        for key, value in label_statistics(logits, outputs["target"]).items():
+        logits = step.logits.float()
+        buffers["index"].append(step.index)
+        buffers["target"].append(step.target)
+        buffers["loss"].append(step.sample_loss.float())
+        for key, value in label_statistics(logits, step.target).items():
             buffers[key].append(value)
         if self._wanted[split]["logits"]:
             buffers["logits"].append(logits)
         if self._wanted[split]["embeddings"] and self.max_embeddings:
-            mask = self._subset_mask(trainer, pl_module, split)[outputs["index"]]
-            buffers["emb_index"].append(outputs["index"][mask])
-            buffers["emb"].append(outputs["embedding"][mask].float())
+            mask = self._subset_mask(trainer, pl_module, split)[step.index]
+            buffers["emb_index"].append(step.index[mask])
+            buffers["emb"].append(step.embedding[mask].float())
 
     def _subset_mask(self, trainer: Trainer, pl_module: LightningModule, split: str) -> torch.Tensor:
         if split not in self._subset_masks:
@@ -191,7 +227,12 @@ class SampleOutputs(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._track_best(trainer)
         self._start(trainer, "train")
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._track_best(trainer)
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -294,13 +335,3 @@ def _gather_rows(trainer: Trainer, pl_module: LightningModule, rows: torch.Tenso
     padded[: rows.shape[0]] = rows
     everything = pl_module.all_gather(padded)  # (world, longest, ...)
     return torch.cat([everything[r, :n] for r, n in enumerate(counts)])
-
-
-def shared_outputs(trainer: Trainer) -> SampleOutputs:
-    """The run's :class:`SampleOutputs` callback, added with defaults if the config has none."""
-    for callback in trainer.callbacks:
-        if isinstance(callback, SampleOutputs):
-            return callback
-    collector = SampleOutputs()
-    trainer.callbacks.append(collector)
-    return collector

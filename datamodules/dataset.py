@@ -1,18 +1,25 @@
-"""The torch Dataset: read safely, transform, return ``{"image", "target", "index"}``."""
+"""The torch Dataset (read safely, transform, return ``{"image", "target", "index"}``) and the samplers
+that decide the order, the per-sample augmentation seeds and each DDP rank's share."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, Dataset, default_collate
+from torch.utils.data import BatchSampler, Dataset, Sampler, default_collate
 
 from datamodules.image_io import UnreadableImageError, read_rgb
 
 
 class ImageDataset(Dataset):
     """Images of one split; ``index`` is the sample's position in that split.
+
+    A key is an index, or ``(index, seed)``: the training sampler passes a seed for every draw, and the
+    augmentation pipeline is re-seeded with it, so what a sample looks like in an epoch depends on
+    (seed, epoch, index) only, not on DataLoader workers, batch order or an interruption.
 
     A file that cannot be read (it passed the pre-flight scan but changed since, or the scan
     was off) does not stop the epoch: the item carries the reason instead of an image and
@@ -35,12 +42,16 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         try:
             image = read_rgb(self.paths[index])
         except UnreadableImageError as err:
             return {"index": index, "error": str(err)}
         if self.transform is not None:
+            if seed is not None and hasattr(self.transform, "set_random_state"):
+                # One generator for the whole pipeline, drawn from this sample's own seed.
+                self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
             image = self.transform(image=image)["image"]
         return {"image": image, "target": int(self.targets[index]), "index": index}
 
@@ -61,14 +72,53 @@ def collate_skipping_failures(items: list[dict]) -> dict:
     return batch
 
 
+class EpochShuffle(Sampler):
+    """A new order every epoch, drawn from ``(seed, epoch)`` and not from the global random state,
+    with a per-draw augmentation seed; under DDP, this rank's share of it.
+
+    Because nothing depends on what was drawn before, a run resumed at epoch k shuffles and
+    augments exactly like an uninterrupted one. Under DDP the order is padded with repeats (as
+    torch's DistributedSampler does) so that every rank takes the same number of steps; the
+    per-sample outputs are de-duplicated by index when gathered.
+
+    Args:
+        num_samples: size of the split.
+        seed: the run's seed.
+        rank: this process's rank.
+        world_size: number of processes.
+
+    Yields:
+        ``(index, augmentation seed)`` keys for :class:`ImageDataset`.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples, self.seed, self.rank, self.world_size = num_samples, int(seed), rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before every training epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed % 2**32, self.epoch])
+        order = rng.permutation(self.num_samples).tolist()
+        seeds = rng.integers(0, 2**63 - 1, size=self.num_samples)
+        total = len(self) * self.world_size
+        order += order[: total - len(order)]
+        for index in order[self.rank : total : self.world_size]:
+            yield index, int(seeds[index])
+
+
 class NoSingletonBatchSampler(BatchSampler):
     """Batches like :class:`~torch.utils.data.BatchSampler`, except that a last batch of a
     single sample joins the batch before it.
 
     A training batch of one breaks BatchNorm on 1x1 feature maps; dropping the sample instead
     (``drop_last``) would leave a different training sample out of every epoch, and with it
-    out of the per-sample training statistics. Lightning re-creates this class with a
-    DistributedSampler under DDP (same constructor as BatchSampler).
+    out of the per-sample training statistics.
     """
 
     def __iter__(self):

@@ -11,29 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.sources import DataError, Sample
+from datamodules.sources import DataError, Sample, read_table, resolve_listed_path
 
 NOISE_TYPES = ("uniform", "class_pair")
 
 
 def _read_path_table(file: str | os.PathLike, *, option: str, base: Path | None):
-    import pandas as pd
-
     file = Path(file).expanduser()
     if not file.is_file():
         raise DataError(f"{option}={str(file)!r} does not exist. Give a CSV file with a 'path' column.")
-    table = pd.read_csv(file, dtype=str, keep_default_na=False)
-    table.columns = [c.strip() for c in table.columns]
+    table = read_table(file, option, allow_empty=True)
     if "path" not in table.columns:
         raise DataError(f"{option}: {file} has no 'path' column; its columns are {list(table.columns)}.")
-    resolved = []
-    for raw in table["path"]:
-        p = Path(raw.strip()).expanduser()
-        if not p.is_absolute():
-            # Hand-written lists name files relative to the data (folder root or manifest folder).
-            p = (base or file.parent) / p
-        resolved.append(str(p.resolve()))
-    return file, table, resolved
+    # Hand-written lists name files relative to the data (folder root or manifest folder).
+    return file, table, [resolve_listed_path(raw, base or file.parent) for raw in table["path"]]
 
 
 def _unknown_paths_error(option: str, file: Path, unknown: list[str], total: int) -> DataError:

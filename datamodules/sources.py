@@ -1,14 +1,22 @@
-"""Where samples come from: the built-in digits, a folder of class folders, or a CSV manifest.
+"""Where samples come from: the built-in digits, a folder of class folders, a CSV manifest, or
+unlabelled images (a folder, a CSV or one file) to predict.
 
 Each source returns plain :class:`Sample` records (path, label name, optional split,
 metadata) plus counts of what it skipped on purpose. Reading pixels, splitting and class
-ids happen later, the same way for every source.
+ids happen later, the same way for every source (``datamodules.catalogue``).
+
+Symbolic links are followed at every depth, the same way for class folders and the folders
+below them. A link that points nowhere where a class folder is expected, a link that loops back
+into a folder being read, and a folder that cannot be read are errors that name the path; an
+image file reached twice through links is listed once.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from collections import Counter
@@ -18,22 +26,33 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.image_io import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, is_hidden
+from runs.errors import LookoutError
 
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(LookoutError, ValueError):
     """Bad input data: the message names the file or value and says how to fix it."""
 
 
 @dataclass
 class Sample:
-    """One image as a source describes it; ``split`` is ``None`` until it is assigned."""
+    """One image as a source describes it; ``split`` is ``None`` until it is assigned, ``label`` is
+    ``None`` for unlabelled images (prediction). Labels are plain strings, used literally."""
 
     path: str
-    label: str
+    label: str | None
     split: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_listed_path(raw: str, base: str | os.PathLike) -> str:
+    """A path as a user's list (manifest, exclude or relabel file) gives it: absolute, or relative
+    to ``base``; ``~`` expanded; returned absolute with links resolved."""
+    path = Path(raw.strip()).expanduser()
+    if not path.is_absolute():
+        path = Path(base) / path
+    return str(path.resolve())
 
 
 @dataclass
@@ -96,13 +115,13 @@ def folder_samples(root: str | os.PathLike) -> SourceListing:
     folders) folders other than train/val/test are skipped and counted.
 
     Raises:
-        DataError: the folder is missing, has no class folders, a class folder is empty, or
-            ``train/`` exists without ``val/``.
+        DataError: the folder is missing or unreadable, has no class folders, a class folder is
+            empty, unreadable, a broken link or a link loop, or ``train/`` exists without ``val/``.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root={str(root)!r} is not a folder. Point data.root at a folder of class folders.")
-    subdirs = {p.name for p in root.iterdir() if p.is_dir() and not is_hidden(p)}
+    subdirs = {p.name for p in _entries(root) if _is_dir(p) and not is_hidden(p)}
     listing = SourceListing(samples=[])
     if "train" in subdirs:
         if "val" not in subdirs:
@@ -119,18 +138,43 @@ def folder_samples(root: str | os.PathLike) -> SourceListing:
     return listing
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; an unreadable folder is an error that names it."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:
+        raise DataError(
+            f"cannot read the folder {folder}: {err.strerror or err}. Fix its permissions or remove it."
+        ) from None
+
+
+def _is_dir(path: Path) -> bool:
+    """``path`` is a folder (following links). A broken link or a link loop is an error that names it:
+    it is most likely a class folder that was moved, and skipping it would drop a class silently."""
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise DataError(f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist.") from None
+        raise
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError(f"{path} is a symbolic link that loops back on itself; fix or remove it.") from None
+        raise DataError(f"cannot read {path}: {err.strerror or err}.") from None
+
+
 def _count_left_out(root: Path, used_dirs: set[str] | None, folder_reason: str, listing: SourceListing) -> None:
     """Counts what sits in ``root`` but is not read: files (there is no class to give them),
     hidden entries and, when ``used_dirs`` is given, folders not in it. Image files and
     unused folders are also named in a warning, since they are more likely misplaced than
     meant to be left out."""
     misplaced = []
-    for entry in sorted(root.iterdir()):
+    for entry in _entries(root):
         if entry.name == _MARKER:
             continue
         if is_hidden(entry):
             listing.skipped["hidden file or folder"] += 1
-        elif entry.is_dir():
+        elif _is_dir(entry):
             if used_dirs is not None and entry.name not in used_dirs:
                 listing.skipped[folder_reason] += 1
                 misplaced.append(entry)
@@ -148,29 +192,86 @@ def _count_left_out(root: Path, used_dirs: set[str] | None, folder_reason: str, 
 
 def _list_class_folders(root: Path, split: str | None, listing: SourceListing) -> None:
     _count_left_out(root, None, "", listing)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p))
+    class_dirs = [p for p in _entries(root) if not is_hidden(p) and _is_dir(p)]
     if not class_dirs:
         raise DataError(
             f"{root} has no class folders. Expected {root}/<class name>/<image files>, one folder per class."
         )
+    seen: set[str] = set()
+    info = root.stat()
     for class_dir in class_dirs:
         before = len(listing.samples)
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            hidden_dirs = [d for d in dirnames if d.startswith(".")]
-            if hidden_dirs:
-                listing.skipped["hidden file or folder"] += len(hidden_dirs)
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                if is_hidden(path):
-                    listing.skipped["hidden file or folder"] += 1
-                elif not listing.skip_non_image(path):
-                    listing.samples.append(Sample(str(path.resolve()), class_dir.name, split))
+        # The folder above the class folders counts as an ancestor: a link back to it loops too.
+        for path in _walk_images(class_dir, listing, ((info.st_dev, info.st_ino),)):
+            real = str(path.resolve())
+            if real in seen:
+                listing.skipped["same file reached twice through a symbolic link"] += 1
+                continue
+            seen.add(real)
+            listing.samples.append(Sample(real, class_dir.name, split))
         if len(listing.samples) == before:
             raise DataError(
                 f"class folder {class_dir} has no image files. Add images "
                 f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder."
             )
+
+
+def _walk_images(folder: Path, listing: SourceListing, ancestors: tuple[tuple[int, int], ...] = ()):
+    """Image files below ``folder``, depth first in name order, following links to folders.
+
+    Raises:
+        DataError: a folder below links back to one of its own ancestors (it would never end),
+            or cannot be read.
+    """
+    info = folder.stat()
+    here = (info.st_dev, info.st_ino)
+    if here in ancestors:
+        raise DataError(
+            f"{folder} is a symbolic link back to a folder above it ({folder.resolve()}), so reading it "
+            "would never end. Remove the link."
+        )
+    ancestors = (*ancestors, here)
+    for entry in _entries(folder):
+        if is_hidden(entry):
+            listing.skipped["hidden file or folder"] += 1
+        elif entry.is_symlink() and not entry.exists() and not _is_loop(entry):
+            # A broken link to a file: listed if it looks like an image, so the scan reports it.
+            if not listing.skip_non_image(entry):
+                yield entry
+        elif _is_dir(entry):
+            yield from _walk_images(entry, listing, ancestors)
+        elif not listing.skip_non_image(entry):
+            yield entry
+
+
+def _is_loop(path: Path) -> bool:
+    try:
+        path.stat()
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
+
+
+def read_table(file: Path, option: str, *, allow_empty: bool = False):
+    """A CSV file as strings (no NA conversion), with stripped column names.
+
+    Raises:
+        DataError: the file is empty, or has a header but no rows (unless ``allow_empty``).
+    """
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{option}: {file} is empty (0 bytes or no header). Give a CSV file with a header row."
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{option}: {file} is not a readable CSV file ({str(err).splitlines()[0][:200]}).") from None
+    table.columns = [c.strip() for c in table.columns]
+    if table.empty and not allow_empty:
+        raise DataError(f"{option}: {file} has a header ({', '.join(table.columns)}) but no rows.")
+    return table
 
 
 def csv_samples(manifest: str | os.PathLike) -> SourceListing:
@@ -180,16 +281,13 @@ def csv_samples(manifest: str | os.PathLike) -> SourceListing:
     metadata (camera, altitude, ...), as strings.
 
     Raises:
-        DataError: the file is missing, a required column is missing, a value is empty or
-            unknown, or a path is listed twice.
+        DataError: the file is missing, empty or header-only, a required column is missing, a
+            value is empty or unknown, or a path is listed twice.
     """
-    import pandas as pd
-
     manifest = Path(manifest).expanduser()
     if not manifest.is_file():
         raise DataError(f"data.manifest={str(manifest)!r} does not exist. Give the path of a CSV file.")
-    table = pd.read_csv(manifest, dtype=str, keep_default_na=False, skipinitialspace=True)
-    table.columns = [c.strip() for c in table.columns]
+    table = read_table(manifest, "data.manifest")
     missing = [c for c in ("path", "label") if c not in table.columns]
     if missing:
         raise DataError(
@@ -205,12 +303,7 @@ def csv_samples(manifest: str | os.PathLike) -> SourceListing:
         if len(bad):
             values = sorted(set(table.loc[bad, "split"]))
             raise DataError(f"{manifest}: split must be one of {list(SPLITS)}, got {values} on row(s) {_rows(bad)}.")
-    base = manifest.parent
-    paths = [str((base / Path(p).expanduser()).resolve()) for p in table["path"]]
-    counts = Counter(paths)
-    twice = [p for p, n in counts.items() if n > 1]
-    if twice:
-        raise DataError(f"{manifest}: {len(twice)} path(s) listed more than once, e.g. {twice[0]}. List each once.")
+    paths = _unique_paths(table, manifest)
     meta_columns = [c for c in table.columns if c not in ("path", "label", "split")]
     listing = SourceListing(samples=[])
     for i, path in enumerate(paths):
@@ -223,6 +316,49 @@ def csv_samples(manifest: str | os.PathLike) -> SourceListing:
                 meta={c: row[c] for c in meta_columns},
             )
         )
+    return listing
+
+
+def _unique_paths(table, manifest: Path) -> list[str]:
+    paths = [resolve_listed_path(p, manifest.parent) for p in table["path"]]
+    twice = [p for p, n in Counter(paths).items() if n > 1]
+    if twice:
+        raise DataError(f"{manifest}: {len(twice)} path(s) listed more than once, e.g. {twice[0]}. List each once.")
+    return paths
+
+
+def unlabelled_samples(source: str | os.PathLike) -> SourceListing:
+    """Images to predict, without labels: a folder (every image below it, at any depth), a CSV
+    with a ``path`` column (other columns kept as metadata), or one image file.
+
+    Raises:
+        DataError: the path does not exist, or the folder or CSV lists no image.
+    """
+    source = Path(source).expanduser()
+    listing = SourceListing(samples=[])
+    if source.is_dir():
+        seen: set[str] = set()
+        for path in _walk_images(source, listing):
+            real = str(path.resolve())
+            if real not in seen:
+                seen.add(real)
+                listing.samples.append(Sample(real, None))
+    elif source.suffix.lower() == ".csv":
+        table = read_table(source, "input")
+        if "path" not in table.columns:
+            raise DataError(f"input: {source} has no 'path' column; its columns are {list(table.columns)}.")
+        meta_columns = [c for c in table.columns if c not in ("path", "label", "split")]
+        for i, path in enumerate(_unique_paths(table, source)):
+            listing.samples.append(Sample(path, None, meta={c: table.iloc[i][c] for c in meta_columns}))
+    elif source.is_file():
+        listing.samples.append(Sample(str(source.resolve()), None))
+    else:
+        raise DataError(
+            f"input={str(source)!r} does not exist. Give a folder of images, a CSV with a 'path' column, "
+            "or one image file."
+        )
+    if not listing.samples:
+        raise DataError(f"input={str(source)!r} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
     return listing
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its import otherwise calls the network
 
@@ -25,6 +27,91 @@ INTERPOLATIONS = {
     "lanczos": cv2.INTER_LANCZOS4,
 }
 CROP_MODES = ("center", "random_resized")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the model expects of an input image: the backbone's timm data config, with the
+    user's overrides. Saved in checkpoints and export sidecars; read back through :meth:`from_dict`.
+
+    Attributes:
+        input_size: (height, width) in px.
+        crop_pct: fraction of the resized image kept by the evaluation centre crop (timm's ``crop_pct``).
+        interpolation: resampling filter name (``bilinear``, ``bicubic``, ...).
+        mean: per-channel normalisation mean, in [0, 1].
+        std: per-channel normalisation standard deviation, in [0, 1].
+    """
+
+    input_size: tuple[int, int]
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def resolve(
+        cls,
+        data_config: Mapping[str, Any],
+        *,
+        image_size: int | None = None,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> Preprocessing:
+        """From a timm data config (``timm.data.resolve_model_data_config``, or a saved
+        preprocessing), with explicit values (``data.image_size`` ...) taking precedence."""
+        height, width = data_config["input_size"][-2:]
+        return cls.from_dict(
+            {
+                "input_size": (image_size, image_size) if image_size else (height, width),
+                "crop_pct": crop_pct or data_config.get("crop_pct", 0.875),
+                "interpolation": interpolation or data_config.get("interpolation", "bicubic"),
+                "mean": mean or data_config["mean"],
+                "std": std or data_config["std"],
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Preprocessing:
+        """Checks and converts plain values (from a config, a checkpoint or a sidecar file).
+
+        Raises:
+            ValueError: a value is missing, of the wrong type or out of range.
+        """
+        missing = {"input_size", "crop_pct", "interpolation", "mean", "std"} - set(values)
+        if missing:
+            raise ValueError(f"preprocessing lacks {sorted(missing)}")
+        size = tuple(values["input_size"])[-2:]
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 8192 for v in size):
+            raise ValueError(f"input_size must be two integers in 8..8192 px, got {values['input_size']!r}")
+        crop = values["crop_pct"]
+        if not isinstance(crop, (int, float)) or not 0.05 <= crop <= 1.0:
+            raise ValueError(f"crop_pct must be a fraction in [0.05, 1], got {crop!r}")
+        if values["interpolation"] not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {values['interpolation']!r}")
+        stats = {}
+        for key in ("mean", "std"):
+            triple = tuple(values[key])
+            if len(triple) != 3 or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in triple):
+                raise ValueError(f"{key} must be three numbers in [0, 1], got {values[key]!r}")
+            stats[key] = tuple(float(v) for v in triple)
+        if min(stats["std"]) <= 0:
+            raise ValueError(f"std must be positive, got {values['std']!r}")
+        return cls((int(size[0]), int(size[1])), float(crop), str(values["interpolation"]), stats["mean"], stats["std"])
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples), for checkpoints and JSON."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def eval_transform(self) -> A.Compose:
+        return build_eval_transform(
+            input_size=self.input_size,
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+        )
 
 
 def _interp(name: str) -> int:

@@ -1,8 +1,8 @@
 """The LightningModule: a timm backbone, AdamW with two learning rates, warm-up + cosine.
 
-Each step returns the per-sample outputs of its one forward pass (index, target, logits,
-pooled embedding, loss), which the data-quality callbacks collect; none of them runs a
-second pass over the data.
+Each step returns the per-sample outputs of its one forward pass as a :class:`~models.outputs.StepOutput`
+(index, target, logits, pooled embedding, loss), which the data-quality callbacks collect; none of
+them runs a second pass over the data.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from models.backbones import create_backbone
+from models.outputs import StepOutput
+from runs.errors import ConfigError
 
 
 class ImageClassifier(LightningModule):
@@ -40,6 +42,9 @@ class ImageClassifier(LightningModule):
         freeze_backbone_epochs: train only the head for this many epochs first.
         drop_rate: dropout before the classifier.
         cache_dir: where converted weights are cached.
+        preprocessing: what inputs look like (``datamodules.Preprocessing.as_dict()``), saved with the
+            weights so evaluation, prediction and export prepare images the same way; ``None``: the
+            backbone's timm data config.
 
     Raises:
         ValueError: an argument is out of range.
@@ -61,6 +66,7 @@ class ImageClassifier(LightningModule):
         freeze_backbone_epochs: int = 0,
         drop_rate: float = 0.0,
         cache_dir: str | None = None,
+        preprocessing: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0 or backbone_lr_scale < 0 or not 0 <= label_smoothing < 1 or freeze_backbone_epochs < 0:
@@ -83,6 +89,10 @@ class ImageClassifier(LightningModule):
             cache_dir=cache_dir,
         )
         self.data_config = timm.data.resolve_model_data_config(self.backbone)
+        if preprocessing is None:
+            from datamodules.transforms import Preprocessing
+
+            self.hparams["preprocessing"] = Preprocessing.resolve(self.data_config).as_dict()
 
         def metrics(prefix: str) -> MetricCollection:
             return MetricCollection(
@@ -111,54 +121,54 @@ class ImageClassifier(LightningModule):
         logits = self.backbone.forward_head(features)
         return logits, embedding
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    def _step(self, batch: dict[str, torch.Tensor]) -> StepOutput | None:
         images, targets = batch["image"], batch["target"]
         if images.numel() == 0:  # every file of the batch failed to load; they are reported
             return None
         logits, embedding = self.forward_with_embedding(images)
         sample_loss = F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.hparams.label_smoothing)
-        return {
-            "loss": sample_loss.mean(),
-            "index": batch["index"],
-            "target": targets,
-            "logits": logits.detach(),
-            "embedding": embedding.detach(),
-            "sample_loss": sample_loss.detach(),
-        }
+        return StepOutput(
+            loss=sample_loss.mean(),
+            index=batch["index"],
+            target=targets,
+            logits=logits.detach(),
+            embedding=embedding.detach(),
+            sample_loss=sample_loss.detach(),
+        )
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         out = self._step(batch)
         if out is None:
             # Every file of the batch failed to load (they are reported). A zero loss tied to every
             # parameter instead of skipping the step: under DDP the other ranks would otherwise
             # wait for this rank's gradients forever.
             return {"loss": sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0}
-        self.train_metrics.update(out["logits"], out["target"])
-        self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=len(out["target"]))
+        self.train_metrics.update(out.logits, out.target)
+        self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(out.target))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        return out
+        return out.for_training()
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> StepOutput | None:
         return self._eval_step(batch, self.val_metrics, "val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> StepOutput | None:
         return self._eval_step(batch, self.test_metrics, "test")
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> StepOutput | None:
         return self._step(batch)
 
-    def _eval_step(self, batch, metrics: MetricCollection, split: str) -> dict[str, torch.Tensor] | None:
+    def _eval_step(self, batch, metrics: MetricCollection, split: str) -> StepOutput | None:
         out = self._step(batch)
         if out is None:
             return None
-        metrics.update(out["logits"], out["target"])
+        metrics.update(out.logits, out.target)
         self.log(
             f"{split}/loss",
-            out["loss"],
+            out.loss,
             on_epoch=True,
             prog_bar=split == "val",
             sync_dist=True,
-            batch_size=len(out["target"]),
+            batch_size=len(out.target),
         )
         self.log_dict(metrics, on_epoch=True, prog_bar=split == "val")
         return out
@@ -175,27 +185,21 @@ class ImageClassifier(LightningModule):
         checkpoint["val_metrics"] = {
             k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")
         }
-        # Lightning does not save random states; with them a resumed run continues with the
-        # same shuffling and dropout as an uninterrupted one. Plain types only (weights_only).
+        # Lightning does not save random states; with them a resumed run continues with the same
+        # dropout as an uninterrupted one (shuffling and augmentation derive from the seed and the
+        # epoch, see datamodules.dataset.EpochShuffle). Plain types only (weights_only).
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {}).get("class_names")
+        if saved is not None and list(saved) != list(self.class_names):
+            raise ConfigError(
+                f"the checkpoint was trained on {len(saved)} classes {list(saved)[:10]}, but this data has "
+                f"{len(self.class_names)}: {list(self.class_names)[:10]}. Resume with the data it was trained on."
+            )
         states = checkpoint.get("rng_states")
         if states and self._trainer is not None and self._trainer.state.fn == "fit":
             set_rng_states(states)
-            self._rng_before_sanity_check = states
-
-    def on_fit_start(self) -> None:
-        if getattr(self, "_rng_before_sanity_check", None) is None:
-            self._rng_before_sanity_check = rng_states()
-
-    def on_validation_end(self) -> None:
-        # The sanity check draws random numbers (DataLoader seeds); undo that, so a resumed run
-        # draws the same shuffling and dropout as the uninterrupted one (and any run draws the
-        # same with or without a sanity check).
-        if self.trainer.sanity_checking and getattr(self, "_rng_before_sanity_check", None) is not None:
-            set_rng_states(self._rng_before_sanity_check)
-        self._rng_before_sanity_check = None
 
     def on_train_epoch_start(self) -> None:
         # A frozen backbone keeps its BatchNorm statistics too; once unfrozen they update again.
@@ -233,7 +237,13 @@ class ImageClassifier(LightningModule):
             for (part, decay), params in sorted(groups.items())
         ]
         optimizer = torch.optim.AdamW(param_groups, lr=hp.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        estimated = self.trainer.estimated_stepping_batches
+        if math.isinf(estimated):
+            raise ConfigError(
+                f"trainer.max_epochs={self.trainer.max_epochs} trains without end, but the learning-rate schedule "
+                "(warm-up, then cosine decay) needs a length: give trainer.max_epochs=N (or trainer.max_steps=N)."
+            )
+        total = max(1, int(estimated))
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = int(hp.warmup_epochs * per_epoch)
         frozen = int(hp.freeze_backbone_epochs * per_epoch)

@@ -17,7 +17,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-import harness  # noqa: F401  (registers the config resolvers)
+from runs import environment
+
+environment.setup()
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,11 +81,12 @@ def tiny_cfg(digits_folder, tmp_path):
     return make
 
 
-def run_cli(args: list[str], timeout: int = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Runs ``python <args>`` as a user would, in a fresh process."""
+def run_cli(args: list[str], timeout: int = 600, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs ``python <args>`` as a user would, in a fresh process (scripts named relative to the repo)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    args = [str(ROOT / a) if a.endswith(".py") and (ROOT / a).is_file() else a for a in args]
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise AssertionError(
             f"python {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )

@@ -37,7 +37,23 @@ class Recorder(Callback):
         self._snapshot(pl_module)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        from callbacks import shared_outputs
+        from callbacks import SampleOutputs
 
-        collector = shared_outputs(trainer)
-        self.latest = {split: collector.latest(split) for split in ("train", "val")}
+        collector = next((c for c in trainer.callbacks if isinstance(c, SampleOutputs)), None)
+        if collector is not None:
+            self.latest = {split: collector.latest(split) for split in ("train", "val")}
+            self.best = {split: collector.best(split) for split in ("train", "val")}
+
+
+class EpochMetrics(Callback):
+    """Appends each epoch's logged metrics (training and validation) to ``path`` as JSON lines."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import json
+
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": trainer.current_epoch, **metrics}) + "\n")

