@@ -29,7 +29,15 @@ import numpy as np
 import torch
 from scipy.special import softmax
 
-from inference.sidecar import MODEL_FORMATS, Preprocessing, Sidecar, read_sidecar, sidecar_path, write_sidecar
+from inference.sidecar import (
+    MODEL_FORMATS,
+    Preprocessing,
+    Sidecar,
+    SidecarError,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -129,7 +137,7 @@ def export_classifier(
         classes=tuple(classes),
         preprocessing=preprocessing,
         temperature=float(temperature),
-        thresholds=dict(thresholds or {}),
+        thresholds={str(k): float(v) for k, v in (thresholds or {}).items()},
         blocked_classes=tuple(blocked_classes),
         source_checkpoint=str(source_checkpoint),
     )
@@ -145,7 +153,8 @@ class ExportedClassifier:
 
     Args:
         model_path: the ``.onnx`` or TorchScript file; its sidecar is ``<model_path>.json``.
-        threads: CPU threads for one call (default: the runtime's choice).
+        threads: CPU threads for one call (default: the runtime's choice); for TorchScript this sets
+            torch's process-wide thread count.
 
     Raises:
         FileNotFoundError: the model or its sidecar is missing.
@@ -163,7 +172,7 @@ class ExportedClassifier:
             raise FileNotFoundError(f"model={self.path}: no such file")
         self.sidecar = read_sidecar(sidecar_path(self.path))
         if self.sidecar.model_file != self.path.name:
-            raise ValueError(f"{sidecar_path(self.path)} describes {self.sidecar.model_file}, not {self.path.name}")
+            raise SidecarError(f"{sidecar_path(self.path)} describes {self.sidecar.model_file}, not {self.path.name}")
         if self.sidecar.model_format == "onnx":
             import onnxruntime
 

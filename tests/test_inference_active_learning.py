@@ -81,7 +81,7 @@ def test_label_next_csv_reads_back(tmp_path, duplicates_case):
     ranking = rank_label_next(probs, embeddings, budget=12)
     out = tmp_path / "label_next.csv"
     write_label_next(out, ranking, paths, probs, CLASSES)
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert list(rows[0]) == ["rank", "path", "uncertainty", "distance", "predicted_label", "reason"]
     assert [int(r["rank"]) for r in rows] == list(range(1, 13))
     assert [r["path"] for r in rows] == [paths[i] for i in ranking.order]

@@ -116,7 +116,7 @@ def test_predictions_csv_reads_back_and_never_mentions_a_blocked_class(tmp_path)
     out = tmp_path / "predictions.csv"
     write_predictions(out, ["a.png", "b.png", "c.png"], d, distance=distance, unfamiliar=unfamiliar)
     assert "secret" not in out.read_text()
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["path"] for r in rows] == ["a.png", "b.png", "c.png"]
     assert [r["decision"] for r in rows] == [WITHHELD, LABEL, ABSTAIN]
     assert rows[1]["label"] == "dog" and float(rows[1]["confidence"]) == pytest.approx(0.7)

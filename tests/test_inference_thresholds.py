@@ -104,7 +104,7 @@ def test_csv_round_trip_keeps_every_threshold_exactly(tmp_path):
     report = evaluate_thresholds(fit_thresholds(*val, CLASSES, target_precision=0.9), *test)
     path = tmp_path / "reports" / "thresholds.csv"
     write_thresholds(path, report)
-    rows = list(csv.DictReader(path.open()))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
     assert list(rows[0]) == list(HEADER)
     assert [r["reached"] for r in rows] == ["true", "true", "false"]
     assert rows[2]["threshold"] == "1"
@@ -116,13 +116,13 @@ def test_csv_round_trip_keeps_every_threshold_exactly(tmp_path):
 def test_untested_report_leaves_the_test_columns_blank(tmp_path):
     report = fit_thresholds(*_calibrated(1000, seed=8), CLASSES, target_precision=0.8)
     write_thresholds(tmp_path / "t.csv", report)
-    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
     assert {r["test_emitted"] for r in rows} == {""}
     assert read_thresholds(tmp_path / "t.csv", CLASSES) == report.thresholds()
 
 
 def _rewrite(path, column, row, value):
-    rows = list(csv.DictReader(path.open()))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
     rows[row][column] = value
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
