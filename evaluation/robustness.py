@@ -9,8 +9,10 @@ Definitions (Hendrycks & Dietterich, ICLR 2019, section 3): with ``E[s, c]`` the
   the relative mCE.
 
 Both are fractions here (the paper prints percentages); below 1 means more robust than the
-baseline run. A type the baseline lacks, or on which the baseline makes no errors (or, for the
-relative CE, loses no accuracy), has no CE, and the means are taken over the others.
+baseline run. A type the baseline lacks, or on which the baseline makes less than one image's worth of
+errors (or, for the relative CE, loses less than that to the corruption), has no CE, and the
+means are taken over the others. The relative CE is noisy when the baseline loses little
+accuracy to a type: read it together with the plain CE.
 """
 
 from __future__ import annotations
@@ -94,6 +96,14 @@ def _clean_error(table: pd.DataFrame) -> float:
     return float(clean.iloc[0]) if len(clean) else float("nan")
 
 
+def _one_sample(table: pd.DataFrame, kind: str) -> float:
+    """One image's share of the error in ``kind``'s cells (1e-9 when the table has no counts)."""
+    if "samples" not in table.columns:
+        return 1e-9
+    counts = table.loc[table["corruption"] == kind, "samples"]
+    return 1.0 / float(counts.min()) if len(counts) and counts.min() > 0 else 1e-9
+
+
 def corruption_errors(table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per corruption type: mean accuracy and error over the severities, CE and relative CE against ``baseline``.
 
@@ -111,10 +121,12 @@ def corruption_errors(table: pd.DataFrame, baseline: pd.DataFrame | None = None)
             own = cells.set_index("severity")["error"]
             if len(base) and set(own.index) <= set(base.index):
                 base = base.loc[own.index]  # the same severities on both sides
-                if base.sum() > 0:
+                # A denominator under one image's worth of error is noise, not a baseline to divide by.
+                floor = _one_sample(baseline, kind)
+                if base.sum() >= floor:
                     ce = float(own.sum() / base.sum())
                 lost = float((base - base_clean_error).sum())
-                if lost > 0:
+                if lost >= floor:
                     relative_ce = float((own - clean_error).sum() / lost)
         rows.append(
             {

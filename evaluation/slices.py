@@ -135,9 +135,7 @@ class SliceReport:
 
 def _macro_f1(predictions: np.ndarray, targets: np.ndarray, num_classes: int) -> float:
     return float(
-        multiclass_f1_score(
-            torch.as_tensor(predictions), torch.as_tensor(targets), num_classes=num_classes, average="macro"
-        )
+        multiclass_f1_score(torch.tensor(predictions), torch.tensor(targets), num_classes=num_classes, average="macro")
     )
 
 

@@ -168,3 +168,23 @@ def test_config_errors_name_the_key_and_the_fix():
         corrupt(np.zeros((8, 8, 3), np.uint8), "fog", 6, seed=0)
     with pytest.raises(ValueError, match="H x W x 3 uint8"):
         corrupt(np.zeros((8, 8), np.uint8), "fog", 1, seed=0)
+
+
+@pytest.mark.parametrize(("name", "reference_size"), [("default", 224), ("cifar", 32)])
+def test_robustness_configs_instantiate_through_hydra(name, reference_size, tiny):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from datamodules.corruptions import DEFAULT_CONFIG
+
+    config = OmegaConf.load(DEFAULT_CONFIG.parent / f"{name}.yaml")
+    suite = instantiate(config.suite)
+    assert isinstance(suite, CorruptionSuite) and suite.reference_size == reference_size
+    assert suite.kinds == SUITE.kinds
+    assert suite == load_suite(DEFAULT_CONFIG.parent / f"{name}.yaml")
+    if name == "cifar":  # spot-check make_cifar_c.py's values
+        assert [suite.params("jpeg", s)["quality"] for s in SEVERITIES] == [80, 65, 58, 50, 40]
+        assert suite.params("elastic", 2)["sigma"] == pytest.approx(32 * 0.2)
+    for kind in suite.kinds:
+        out = suite.apply(tiny, kind, 5, sample_seed(0, kind))
+        assert out.shape == tiny.shape and out.dtype == np.uint8 and not np.array_equal(out, tiny)
