@@ -12,8 +12,9 @@ means what the paper means only at the model's own pixel grid; corrupting the so
 instead would make the same severity milder on a 4000 px photo (its noise averaged away by
 the resize) than on a 300 px one, and would cost more.
 
-The parameters per severity come from ``conf/robustness/default.yaml`` (the reference values,
-with their citation); :class:`CorruptionSuite` checks them and applies them.
+The parameters per severity come from ``conf/robustness/default.yaml`` (ImageNet-C's values for
+224 px, with their citation) or ``conf/robustness/cifar.yaml`` (CIFAR-10-C's, for small
+inputs); :class:`CorruptionSuite` checks them and applies them.
 """
 
 from __future__ import annotations

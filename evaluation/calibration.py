@@ -16,6 +16,8 @@ import torch
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from evaluation.figures import new_figure
+
 N_BINS = 15  # equal-width confidence bins, as in Guo et al. and torchmetrics' default
 # Bounds of the fitted temperature: beyond them the data are degenerate (all correct with huge
 # margins pushes T to 0, constant logits leave it undetermined), and the bound is reported.
@@ -77,7 +79,7 @@ def reliability_bins(logits, targets, n_bins: int = N_BINS) -> ReliabilityBins:
 def reliability_figure(bins: ReliabilityBins, ece: float, title: str = "Reliability") -> Figure:
     """Accuracy against confidence per bin (bars), the diagonal of perfect calibration, the gap to it
     shaded, and the sample count per bin below; the ECE in the title."""
-    fig = Figure(figsize=(5.2, 6.0), dpi=100, layout="constrained")
+    fig = new_figure(figsize=(5.2, 6.0), dpi=100, layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     width = np.diff(bins.edges)
     left = bins.edges[:-1]

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from evaluation.figures import new_figure
+
 TABLE_COLUMNS = ("corruption", "family", "severity", "samples", "accuracy", "macro_f1", "error", "seconds")
 CLEAN = "clean"  # the corruption name of the uncorrupted row (severity 0)
 
@@ -179,7 +181,7 @@ def heatmap_figure(table: pd.DataFrame, *, metric: str = "accuracy", title: str 
     values = np.column_stack([grid.to_numpy(dtype=float), grid.mean(axis=1).to_numpy()]) * 100
     columns = [str(s) for s in grid.columns] + ["mean"]
 
-    fig = Figure(figsize=(1.0 * len(columns) + 3.2, 0.42 * len(grid) + 1.6), dpi=100, layout="constrained")
+    fig = new_figure(figsize=(1.0 * len(columns) + 3.2, 0.42 * len(grid) + 1.6), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     for (r, c), value in np.ndenumerate(values):

@@ -21,6 +21,8 @@ from matplotlib.figure import Figure
 from scipy.stats import binomtest
 from torchmetrics.functional.classification import multiclass_f1_score
 
+from evaluation.figures import new_figure
+
 # Columns of SliceReport.table, in order:
 SLICE_COLUMNS = (
     "column",  # the metadata or property column the slice comes from
@@ -247,7 +249,7 @@ def slices_figure(report: SliceReport, max_bars: int = 20, title: str | None = N
     """Horizontal bars of the worst ``max_bars`` slices (worst on top) with their Wilson intervals,
     flagged slices in red, and the overall accuracy as a dashed line."""
     rows = report.table.head(max_bars)
-    fig = Figure(figsize=(8, 0.32 * max(len(rows), 1) + 1.4), dpi=100, layout="constrained")
+    fig = new_figure(figsize=(8, 0.32 * max(len(rows), 1) + 1.4), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(rows))
     accuracy = rows["accuracy"].to_numpy(dtype=float) * 100

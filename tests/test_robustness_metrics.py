@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evaluation.figures import figure_to_array
 from evaluation.robustness import (
     CLEAN,
     TABLE_COLUMNS,
@@ -95,6 +96,8 @@ def test_heatmap_is_annotated_on_a_fixed_0_to_100_scale(tmp_path):
     path = tmp_path / "heatmap.png"
     fig.savefig(path)
     assert Image.open(path).size[0] > 400
+    pixels = figure_to_array(fig)  # for TensorBoard's add_image
+    assert pixels.dtype == np.uint8 and pixels.shape[2] == 3 and pixels.shape[1] > 400
     f1 = heatmap_figure(table, metric="macro_f1")
     assert "78.0" in [t.get_text() for t in f1.axes[0].texts]
     with pytest.raises(ValueError, match="metric"):
