@@ -164,8 +164,10 @@ def run_audit(
     n = len(table)
     digests = np.zeros((n, 2), dtype=np.uint64)
     phashes = np.zeros(n, dtype=np.uint64)
+    thumbnails = np.zeros((n, prints.thumbnails.shape[1]), dtype=np.uint8)
     properties = np.full((n, len(PROPERTY_NAMES)), np.nan, dtype=np.float32)
     digests[to_read], phashes[to_read], properties[to_read] = prints.digests, prints.phashes, prints.properties
+    thumbnails[to_read] = prints.thumbnails
     reasons = pd.Series([unreadable.get(p, "") for p in table["path"]], index=table.index, dtype=object)
     for row, reason in prints.reasons.items():
         reasons.iloc[to_read[row]] = reason
@@ -181,7 +183,7 @@ def run_audit(
     # blank images of different colours would all match. They are compared by digest only.
     comparable = rows[~flags["low_information"].to_numpy(dtype=bool)]
     bits, hash_stats = hash_threshold(phashes[comparable], max_bits=phash_max_bits)
-    found = [exact_pairs(digests, rows), hash_pairs(phashes, comparable, bits)]
+    found = [exact_pairs(digests, rows), hash_pairs(phashes, comparable, bits, thumbnails=thumbnails)]
     seconds["hash_search"] = time.perf_counter() - started
     if mode == "full":
         started = time.perf_counter()

@@ -61,6 +61,9 @@ PROPERTY_NAMES = (
 _PHASH_SIDE = 32
 _PHASH_BITS_SIDE = 8
 _BIT_WEIGHTS = (1 << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
+# Side of the colour thumbnail that confirms a hash match (4 x 4 x RGB = 48 bytes per image).
+THUMBNAIL_SIDE = 4
+THUMBNAIL_VALUES = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
 
 
 def working_copy(rgb: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
@@ -151,3 +154,14 @@ def perceptual_hash(gray: np.ndarray) -> int:
     low = dctn(small, type=2)[:_PHASH_BITS_SIDE, :_PHASH_BITS_SIDE].ravel()
     bits = (low > np.median(low)).astype(np.uint64)
     return int((bits * _BIT_WEIGHTS).sum())
+
+
+def colour_thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """The image averaged down to 4 x 4 RGB, flattened to 48 uint8 values: its colour layout.
+
+    The perceptual hash sees only luma structure, so the same shape in other colours (a
+    product photographed in each of its colours, a digit in another ink) hashes alike; this
+    tells them apart (see :func:`data_audit.near_duplicates.colour_difference`).
+    """
+    small = cv2.resize(np.ascontiguousarray(rgb), (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
+    return small.reshape(-1)

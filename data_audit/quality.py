@@ -109,10 +109,10 @@ def quality_flags(properties: pd.DataFrame, thresholds: QualityThresholds | None
     short = np.minimum(p["width"], p["height"])
     long = np.maximum(p["width"], p["height"])
     low_information = (p["contrast"] < t.low_information_contrast) | (p["entropy"] < t.low_information_entropy)
-    blur_limit = max(t.blurry_min_sharpness, t.blurry_relative * float(p["sharpness"].median()))
-    tiny_limit = max(t.tiny_min_side, min(t.tiny_relative * float(short.median()), t.tiny_relative_cap))
+    limits = relative_limits(p, t)
+    blur_limit, tiny_limit = limits["blurry_sharpness_below"], limits["tiny_side_below_px"]
     gray = p["chroma"] < t.grayscale_chroma
-    colour_set = float(gray.mean()) <= t.grayscale_max_share
+    colour_set = limits["grayscale_share"] <= t.grayscale_max_share
     scored = {
         "dark": (p["luma_p99"] < t.dark_luma_p99, p["luma_p99"]),
         "bright": (
