@@ -65,6 +65,18 @@ def crops(image: np.ndarray, size: int = CROP) -> list[np.ndarray]:
     return out
 
 
+def _distinct(patch: np.ndarray, kept: list[int], min_bits: int = 14) -> bool:
+    """True (and ``patch`` remembered) when neither it nor its mirror image hashes within ``min_bits`` of a kept one."""
+    from data_audit.properties import perceptual_hash
+
+    gray = cv2.cvtColor(patch, cv2.COLOR_RGB2GRAY)
+    own, mirror = perceptual_hash(gray), perceptual_hash(np.ascontiguousarray(gray[:, ::-1]))
+    if any(bin(own ^ k).count("1") < min_bits or bin(mirror ^ k).count("1") < min_bits for k in kept):
+        return False
+    kept.append(own)
+    return True
+
+
 def _jpeg(rgb: np.ndarray, quality: int = 60) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, "JPEG", quality=quality)
@@ -153,8 +165,11 @@ def build(root: str | Path, *, per_photo: int = 12, copies_per_kind: int = 4, se
     rng = np.random.default_rng(seed)
     pool: list[tuple[str, np.ndarray]] = []
     spare: list[tuple[str, np.ndarray]] = []
+    kept_hashes: list[int] = []
     for name, image in photos().items():
-        patches = crops(image)
+        # Distinct means distinct even as a mirror image: the two halves of a symmetric cup are
+        # one picture to an embedding (and to a hash once one half is flipped).
+        patches = [p for p in crops(image) if _distinct(p, kept_hashes)]
         pool += [(name, p) for p in patches[:per_photo]]
         spare += [(name, p) for p in patches[per_photo:]]
     classes = sorted({name for name, _ in pool})

@@ -249,3 +249,33 @@ def test_builtin_digits_cheap_mode(tmp_path):
     assert findings.counts()["images_with_any_quality_flag"] <= 50
     # Digits are alike at low frequencies, so the hash threshold tightens and few pairs remain.
     assert findings.settings["phash_bits"] <= 2 and len(findings.pairs) < 100
+
+
+def test_a_recoloured_copy_is_not_a_hash_duplicate(planted, tmp_path):
+    """Same luma structure, other colours (a product in each of its colours): the colour thumbnail vetoes the hash."""
+    colourful = max(planted.clean, key=lambda p: image_properties(read_rgb(p))["chroma"])
+    source = read_rgb(colourful)
+    recoloured = tmp_path / "recoloured.png"
+    cv2.imwrite(str(recoloured), source[..., [1, 0, 2]])  # written as BGR: red -> green -> blue -> red
+    jpeg = tmp_path / "jpeg.jpg"
+    cv2.imwrite(str(jpeg), source[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 60])
+    samples = [*planted.samples[:88], Sample(str(recoloured), "x", "train"), Sample(str(jpeg), "x", "train")]
+    grouped = set(run_audit(samples).duplicates["path"])
+    assert str(jpeg) in grouped and str(recoloured) not in grouped
+    hashes = [perceptual_hash(cv2.cvtColor(read_rgb(p), cv2.COLOR_RGB2GRAY)) for p in (colourful, recoloured)]
+    assert bin(hashes[0] ^ hashes[1]).count("1") <= 10  # the hash alone would have matched them
+
+
+def test_process_pool_matches_threads_and_reports_progress(planted):
+    from data_audit.fingerprints import fingerprint_paths
+
+    paths = [s.path for s in planted.samples]
+    calls = []
+    threads = fingerprint_paths(
+        paths, executor="thread", chunk_size=32, progress=lambda done, total: calls.append(done)
+    )
+    processes = fingerprint_paths(paths, executor="process", workers=2, chunk_size=32)
+    assert processes.executor == "process"
+    assert np.array_equal(threads.digests, processes.digests) and np.array_equal(threads.phashes, processes.phashes)
+    assert np.allclose(threads.properties, processes.properties)
+    assert calls == sorted(calls) and calls[-1] == len(paths) and len(calls) == -(-len(paths) // 32)
