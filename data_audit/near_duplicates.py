@@ -48,6 +48,9 @@ PHASH_SPREAD = 4.5
 # that clips highlights), look-alikes in other colours 58 on average, 3 of 945 below 15.
 COLOUR_MAX_DIFFERENCE = 12.0
 # Cosine similarity (of mean-centred features) from which two images count as the same picture.
+# Pooled features of the packaged ImageNet EfficientNet-Lite0 on 96-px photo crops
+# (benchmarks/audit_vs_cleanvision.py): mirror images 0.87-0.99, resized and brightened copies
+# 0.85-1.0, distinct crops at most 0.84. JPEG q60 copies (0.73-0.89) are left to the hash.
 EMBEDDING_MIN_COSINE = 0.9
 EMBEDDING_NEIGHBOURS = 10
 # Up to this many images the embedding search is exact (a flat index); above, HNSW.
