@@ -116,17 +116,26 @@ def audit_markdown(findings: AuditFindings, report_dir: str | os.PathLike = "<ru
         f"| images with a quality flag | {c['images_with_any_quality_flag']} | {FILES['quality']} |",
     ]
     lines += [f"| - {name} | {c['quality_flagged'][name]} | |" for name in FLAGS]
-    accuracy = ", ".join(f"{s} {a:.1%}" for s, a in b.majority_accuracy.items() if a == a)
-    lines += [
-        "",
-        f"Classes: {b.classes}; largest/smallest = {b.imbalance_ratio:.1f}; always predicting "
-        f"{b.majority_class!r} scores {accuracy} ({FILES['class_balance']}).",
-    ]
+    if b.classes:
+        accuracy = ", ".join(f"{s} {a:.1%}" for s, a in b.majority_accuracy.items() if a == a)
+        lines += [
+            "",
+            f"Classes: {b.classes}; largest/smallest = {b.imbalance_ratio:.1f}; always predicting "
+            f"{b.majority_class!r} scores {accuracy} ({FILES['class_balance']}).",
+        ]
     if findings.notes:
         lines += ["", *[f"- {note}" for note in findings.notes]]
     folder = str(report_dir).rstrip("/")
     lines += ["", "## Next", ""]
-    if c["leaked_images"] or c["redundant_copies"] or c["images_with_conflicting_labels"]:
+    if c["unreadable"]:
+        lines += [
+            f"Fix or remove the {c['unreadable']} unreadable file(s) listed in {FILES['unreadable']} "
+            "(the run leaves them out either way).",
+            "",
+        ]
+    if not c["audited"]:
+        lines += ["No image could be read, so there is nothing else to report."]
+    elif c["leaked_images"] or c["redundant_copies"] or c["images_with_conflicting_labels"]:
         lines += [
             "Look at the groups first (duplicates.csv, conflicting_labels.csv), then train without the copies, "
             "the leaked images and the conflicting labels:",

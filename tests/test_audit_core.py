@@ -279,3 +279,23 @@ def test_process_pool_matches_threads_and_reports_progress(planted):
     assert np.array_equal(threads.digests, processes.digests) and np.array_equal(threads.phashes, processes.phashes)
     assert np.allclose(threads.properties, processes.properties)
     assert calls == sorted(calls) and calls[-1] == len(paths) and len(calls) == -(-len(paths) // 32)
+
+
+def test_class_balance_counts_and_majority_accuracy():
+    from data_audit import class_balance
+
+    labels = ["cat"] * 6 + ["dog"] * 2 + ["cat", "dog", "dog", "dog"]
+    splits = ["train"] * 8 + ["val"] * 4
+    table, summary = class_balance(pd.DataFrame({"label": labels, "split": splits}))
+    assert table.set_index("label").loc["cat", ["train", "val", "total"]].tolist() == [6, 1, 7]
+    assert summary.imbalance_ratio == 3.0 and summary.majority_class == "cat"
+    assert summary.majority_accuracy == {"train": 0.75, "val": 0.25}
+
+
+def test_nothing_readable_is_reported_not_raised(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_text("not a png")
+    findings = run_audit([Sample(str(broken), "a", "train"), Sample(str(tmp_path / "gone.png"), "b", "val")])
+    assert findings.counts()["unreadable"] == 2 and findings.counts()["audited"] == 0
+    markdown = write_audit(findings, tmp_path / "audit")["markdown"].read_text()
+    assert "No image could be read" in markdown and "2 unreadable" in markdown
