@@ -82,16 +82,22 @@ def check_trainer_options(cfg: DictConfig) -> None:
 
 
 def save_config(cfg: DictConfig, folder: RunFolder) -> None:
-    """``config.yaml`` (resolved) and ``.hydra/overrides.yaml`` in the run folder, and the DDP processes
-    Lightning will start pointed at it. Global rank zero only, after the folder is claimed."""
+    """``config.yaml`` (resolved) and Hydra's usual ``.hydra/`` files (the composed config, Hydra's own
+    config, the overrides) in the run folder, and the DDP processes Lightning will start pointed at
+    it. Global rank zero only, after the folder is claimed (Hydra itself is told not to write them
+    before, see conf/hydra/default.yaml)."""
     files.write_text(folder.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    saved = {"config.yaml": OmegaConf.to_yaml(cfg)}
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = list(HydraConfig.get().overrides.task)
+        hydra_cfg = HydraConfig.get()
+        saved["hydra.yaml"] = OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg}))
+        saved["overrides.yaml"] = OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task)))
     except ValueError:  # composed without @hydra.main (tests, benchmarks)
-        overrides = []
-    files.write_text(folder.root / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+        saved["overrides.yaml"] = "[]\n"
+    for name, text in saved.items():
+        files.write_text(folder.root / ".hydra" / name, text)
     ddp.share_config_with_children(cfg, folder.root / "config.yaml")
 
 
