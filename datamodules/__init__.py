@@ -8,7 +8,16 @@ only need the catalogue (the data audit) start in a fraction of a second.
 from datamodules.catalogue import HELDOUT, PREDICT, Catalogue
 from datamodules.sources import DataError, Sample
 
-__all__ = ["HELDOUT", "PREDICT", "Catalogue", "DataError", "ImageDataModule", "LoaderOptions", "Preprocessing", "Sample"]
+__all__ = [
+    "HELDOUT",
+    "PREDICT",
+    "Catalogue",
+    "DataError",
+    "ImageDataModule",
+    "LoaderOptions",
+    "Preprocessing",
+    "Sample",
+]
 
 
 def __getattr__(name: str):
