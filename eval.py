@@ -2,6 +2,7 @@
 
     python eval.py ckpt_path=logs/train/runs/<run>/checkpoints/best.ckpt     # the run's own samples
     python eval.py ckpt_path=... data=folder data.root=~/other_shots          # other data, same classes
+    python eval.py ckpt_path=... robustness=cifar                             # + the corruption grid
 
 With nothing else typed, the samples, classes and preprocessing come from the checkpoint and its
 run folder (``<run>/catalogue.json``). The checkpoint is read with ``torch.load(weights_only=True)``
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hydra
 import lightning as L
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datamodules import DataError
@@ -59,6 +61,8 @@ def _evaluate(cfg, folder: RunFolder, options: dict, trained, child: bool) -> di
     model = build.model(cfg, class_names=trained.class_names, name=trained.name, preprocessing=prep.as_dict(), **kept)
     datamodule = build.datamodule(cfg, catalogue, prep, options, folder)
     trainer = build.trainer(cfg)
+    if cfg.get("robustness") is not None:
+        trainer.callbacks.append(_robustness_grid(cfg, catalogue))
 
     results: dict[str, dict[str, float]] = {}
     for split in cfg.splits:
@@ -81,8 +85,21 @@ def _evaluate(cfg, folder: RunFolder, options: dict, trained, child: bool) -> di
             if key in trained.val_metrics:
                 rows.append((key, f"now {now:.4f}   saved with checkpoint {trained.val_metrics[key]:.4f}"))
         rows += [(key, f"{now:.4f}") for key, now in results.get("test", {}).items()]
+        rows += [row for callback in trainer.callbacks for row in getattr(callback, "summary_rows", list)()]
         folder.print_summary(rows)
     return results
+
+
+def _robustness_grid(cfg: DictConfig, catalogue):
+    """The corruption grid (``robustness=...``) on the test split, or on val when test is not evaluated."""
+    evaluated = [s for s in cfg.splits if s in catalogue.splits]
+    split = cfg.robustness.get("split") or ("test" if "test" in evaluated else "val")
+    if split not in evaluated:
+        raise ConfigError(
+            f"robustness.split={split} is not evaluated here (splits={list(cfg.splits)}, the data has "
+            f"{sorted(catalogue.splits)}): add it to splits, or set robustness.split to one that is."
+        )
+    return instantiate(cfg.robustness, split=split)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -77,6 +77,7 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool) -> dict
             )
         if best:
             rows.append(("checkpoint", best))
+        rows += [row for callback in trainer.callbacks for row in getattr(callback, "summary_rows", list)()]
         folder.print_summary(rows)
     return metrics
 

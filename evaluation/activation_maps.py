@@ -41,6 +41,27 @@ def find_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
     return name, model.get_submodule(name)
 
 
+def layer_for_input(model: nn.Module, input_size: tuple[int, int], min_side: int = 7) -> str:
+    """The deepest feature stage in timm's ``feature_info`` whose map keeps ``min_side`` cells across the
+    input's shorter side (the first stage if none does).
+
+    Grad-CAM's map has the resolution of its layer: a 224 px input gives the usual 7 x 7 at
+    the last stage (stride 32), but a 64 px input only 2 x 2, which shows nothing. A
+    shallower stage keeps the map readable on small inputs, at the cost of features that
+    are less specific to the class.
+
+    Raises:
+        ValueError: the model has no ``feature_info``.
+    """
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no timm feature_info to pick a stage from: pass `layer=`")
+    stages = list(info) if isinstance(info, list | tuple) else info.get_dicts()
+    short = min(input_size)
+    fitting = [stage for stage in stages if short / stage["reduction"] >= min_side]
+    return (fitting[-1] if fitting else stages[0])["module"]
+
+
 def _last_stage_channels(model: nn.Module) -> int | None:
     info = getattr(model, "feature_info", None)
     if not info:

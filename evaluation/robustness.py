@@ -84,12 +84,30 @@ def read_robustness_table(path: str | os.PathLike) -> pd.DataFrame:
     Raises:
         ValueError: naming the file and the columns it lacks.
     """
-    table = pd.read_csv(path)
+    from datamodules.imagenet_c import CORRUPTIONS
+
+    table = pd.read_csv(path, dtype={"corruption": str})
     missing = [c for c in ("corruption", "severity", "accuracy") if c not in table.columns]
     if missing:
         raise ValueError(f"{path} is not a robustness table: it lacks the column(s) {missing}")
-    if "error" not in table.columns:
-        table["error"] = 1.0 - table["accuracy"]
+    # A file handed over is untrusted: every value the scores use is checked to be what it should be.
+    unknown = sorted(set(table["corruption"].astype(str)) - {CLEAN, *CORRUPTIONS})
+    if unknown:
+        raise ValueError(f"{path}: unknown corruption type(s) {unknown[:5]}; known are {[CLEAN, *CORRUPTIONS]}")
+    for column, low, high in (("severity", 0, 5), ("accuracy", 0.0, 1.0), ("samples", 0, None)):
+        if column not in table.columns:
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() | (values < low) | ((values > high) if high is not None else False)
+        if column in ("severity", "samples"):
+            bad |= values.notna() & (values != values.round())
+        if bad.any():
+            raise ValueError(
+                f"{path}: column {column!r} holds {table.loc[bad, column].iloc[0]!r}, "
+                f"not a number in [{low}, {high if high is not None else 'inf'}]"
+            )
+        table[column] = values.astype(int if column in ("severity", "samples") else float)
+    table["error"] = 1.0 - table["accuracy"]
     return table
 
 

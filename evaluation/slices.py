@@ -258,8 +258,11 @@ def slices_figure(report: SliceReport, max_bars: int = 20, title: str | None = N
     ax.barh(y, accuracy, xerr=spread, color=colours, ecolor="#333333", capsize=3, height=0.7)
     ax.set_yticks(y, [f"{_name(r)} (n={r['count']})" for _, r in rows.iterrows()])
     ax.invert_yaxis()  # worst on top
-    ax.axvline(report.overall_accuracy * 100, color="black", linestyle="--", linewidth=1.2)
-    ax.text(report.overall_accuracy * 100, -0.9, f" overall {report.overall_accuracy:.1%}", va="bottom", fontsize=9)
+    ax.axvline(
+        report.overall_accuracy * 100, color="black", linestyle="--", linewidth=1.2,
+        label=f"overall {report.overall_accuracy:.1%}",
+    )  # fmt: skip
+    ax.legend(loc="lower right", fontsize=9, framealpha=0.9)
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%), with 95% Wilson interval")
     ax.set_title(title or f"Accuracy per slice: worst {len(rows)} of {len(report.table)}; red = interval below overall")
