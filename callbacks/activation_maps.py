@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import numpy as np
 import torch
@@ -13,6 +13,8 @@ from callbacks.rendering import BAD, GOOD, INK
 from callbacks.review import REVIEW_SPLITS, SplitReview
 from callbacks.sample_outputs import EpochOutputs
 from evaluation.activation_maps import MAX_IMAGES, class_activation_maps, layer_for_input, overlay
+
+log = logging.getLogger(__name__)
 
 
 class ActivationMaps(SplitReview):
@@ -104,7 +106,7 @@ class ActivationMaps(SplitReview):
                 image = self._gallery(trainer, pl_module, outputs, rows, f"{split} epoch {step}: {what}")
             except ValueError as err:  # a backbone Grad-CAM cannot explain (vision transformer tokens)
                 self.disabled = str(err)
-                warnings.warn(f"ActivationMaps is switched off for this run: {err}", stacklevel=1)
+                log.warning(f"ActivationMaps is switched off for this run: {err}")
                 return
             rendering.log_image(trainer, f"{split}/{tag}", image, step)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from evaluation.robustness_grid import GridSamples, GridScores, grid_cells, grid
 from runs.errors import ConfigError
 from runs.folder import RunFolder
 
+log = logging.getLogger(__name__)
 SPLITS = ("test", "val")
 ERROR_COLUMNS = ("corruption", "family", "severities", "mean_accuracy", "mean_error", "ce", "relative_ce")
 
@@ -113,11 +114,10 @@ class RobustnessGrid(Callback):
             self._baseline_table = self._read_baseline(Path(self.baseline).expanduser())
         samples = trainer.datamodule.samples
         if stage == "fit" and self.split != "val" and "test" not in samples and trainer.is_global_zero:
-            warnings.warn(
+            log.warning(
                 "the robustness grid runs when the test split is evaluated, and this data has none: give it one "
                 "(data.test_fraction=0.1), or score the validation split afterwards with "
-                "`python eval.py ckpt_path=<run>/checkpoints/best.ckpt robustness=...`.",
-                stacklevel=1,
+                "`python eval.py ckpt_path=<run>/checkpoints/best.ckpt robustness=...`."
             )
 
     def _read_baseline(self, path: Path):
@@ -247,21 +247,25 @@ class RobustnessGrid(Callback):
 
     @staticmethod
     def _markdown(errors, record: dict[str, Any]) -> str:
+        against = record["baseline"]
+        if against:
+            scores = (
+                f"mCE {_num(record['mce'])}, relative mCE {_num(record['relative_mce'])} against {against} "
+                "(below 1: more robust than the baseline)"
+            )
+        else:
+            scores = "no baseline given (`robustness.baseline=<run>` for CE and mCE)"
         lines = [
             f"**{record['split']}**: clean accuracy {_pct(record['clean_accuracy'])}, mean corrupted accuracy "
-            f"{_pct(record['mean_corrupted_accuracy'])}; mCE {_num(record['mce'])}, relative mCE "
-            f"{_num(record['relative_mce'])} (below 1: more robust than the baseline"
-            + (f" {record['baseline']}" if record["baseline"] else "; no baseline given")
-            + f"). {record['cells']} cells x {record['images_per_cell']} images in {record['seconds']:.0f} s.",
+            f"{_pct(record['mean_corrupted_accuracy'])}; {scores}. {record['cells']} cells x "
+            f"{record['images_per_cell']} images in {record['seconds']:.0f} s.",
             "",
-            "| corruption | family | mean accuracy | CE | relative CE |",
-            "|---|---|---|---|---|",
+            "| corruption | family | mean accuracy over the severities |" + (" CE | relative CE |" if against else ""),
+            "|---|---|---|" + ("---|---|" if against else ""),
         ]
         for row in errors.itertuples(index=False):
-            lines.append(
-                f"| {row.corruption.replace('_', ' ')} | {row.family} | {_pct(row.mean_accuracy)} | {_num(row.ce)} "
-                f"| {_num(row.relative_ce)} |"
-            )
+            line = f"| {row.corruption.replace('_', ' ')} | {row.family} | {_pct(row.mean_accuracy)} |"
+            lines.append(line + (f" {_num(row.ce)} | {_num(row.relative_ce)} |" if against else ""))
         return "\n".join(lines)
 
     def summary_rows(self) -> list[tuple[str, str]]:

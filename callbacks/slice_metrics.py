@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,6 +19,7 @@ from evaluation.slice_properties import PROPERTY_COLUMNS, image_property_table
 from evaluation.slices import SLICE_COLUMNS, slice_metrics, slices_figure, slices_markdown
 from runs.folder import RunFolder
 
+log = logging.getLogger(__name__)
 TARGET, PREDICTION = "__target__", "__prediction__"  # names no manifest column takes
 
 
@@ -200,7 +201,7 @@ class SliceMetrics(SplitReview):
         )
         rendering.log_text(trainer, "train/shortcuts", text, 0)
         for message in report.messages:
-            warnings.warn(message, stacklevel=1)
+            log.warning(message)
         if report.warned:
             self._summary["shortcuts"] = (
                 "shortcuts",

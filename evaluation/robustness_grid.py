@@ -127,10 +127,11 @@ class GridDataset(Dataset):
         if isinstance(image, str):
             return {"index": index, "error": image}
         kind, severity = self.cells[cell]
-        start = time.perf_counter()
+        seconds = 0.0
         if kind != CLEAN:
+            start = time.perf_counter()
             image = self.suite.apply(image, kind, severity, sample_seed(index, kind, self.seed))
-        seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start
         return {
             "image": self.tail(image=image)["image"],
             "target": int(self.samples.targets[position]),
