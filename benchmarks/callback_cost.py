@@ -1,6 +1,6 @@
 """What each callback costs inside one run: the time spent in its hooks, as a share of the epoch time.
 
-    python -m benchmarks.callback_cost [--epochs 4] [overrides ...]
+    python -m benchmarks.callback_cost [--epochs 4] [--threads 1] [overrides ...]
 
 Trains once, in a fresh process, with the default config (``make train``) and a timer wrapped
 around every hook of every callback, so each panel's cost is measured inside the same run, free
@@ -11,6 +11,10 @@ of the run-to-run noise a with/without comparison has on a shared machine (the w
   the epochs' wall time (from the first epoch's start to the end of fitting);
 - ``once_seconds``: the one-off hooks of fitting (``setup``, ``on_fit_start``, ``on_fit_end``)
   and of testing, apart.
+
+``--threads 1`` runs torch on one thread (``OMP_NUM_THREADS``): on a machine shared with other
+jobs, two OpenMP threads on two busy cores spend most of their time waiting for each other (a
+forward pass 20 times slower, measured), which would drown what is measured.
 
 Results: ``benchmarks/results/callback_cost.json`` and a markdown table.
 """
@@ -104,7 +108,7 @@ class HookTimer(Callback):
         self.path.write_text(json.dumps(record, indent=1))
 
 
-def run(run_dir: Path, overrides: list[str]) -> dict:
+def run(run_dir: Path, overrides: list[str], threads: int | None = None) -> dict:
     """Trains once in a fresh process with the timer first among the callbacks."""
     timer = run_dir / "hook_seconds.json"
     code = f"""
@@ -122,6 +126,8 @@ with open_dict(cfg):
 train(cfg)
 """
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "stdout.log", "w") as out:
         command = [sys.executable, "-c", code]
@@ -132,15 +138,19 @@ train(cfg)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args()
     overrides = [f"trainer.max_epochs={args.epochs}", *args.overrides]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lookout-cost-") as tmp:
-        result = run(Path(tmp) / "run", overrides)
+        result = run(Path(tmp) / "run", overrides, args.threads)
     result = {
         "machine": machine(),
-        "command": "python -m benchmarks.callback_cost " + " ".join([f"--epochs {args.epochs}", *args.overrides]),
+        "command": "python -m benchmarks.callback_cost "
+        + " ".join(
+            [f"--epochs {args.epochs}", *([f"--threads {args.threads}"] if args.threads else []), *args.overrides]
+        ),
         "total_seconds": time.perf_counter() - started,
         **result,
     }

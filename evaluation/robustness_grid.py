@@ -28,7 +28,6 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -141,11 +140,6 @@ class GridDataset(Dataset):
         }
 
 
-def _one_thread(_worker: int) -> None:
-    # torch limits each worker to one thread; OpenCV would otherwise start one per core in every worker.
-    cv2.setNumThreads(1)
-
-
 @dataclass
 class GridScores:
     """Raw counts of one grid run (one rank's share, or summed over ranks).
@@ -206,7 +200,6 @@ def score_grid(
         shuffle=False,
         num_workers=num_workers,
         collate_fn=collate_skipping_failures,
-        worker_init_fn=_one_thread if num_workers else None,
         pin_memory=torch.device(device).type == "cuda",
     )
     confusion = np.zeros((len(cells), num_classes, num_classes), dtype=np.int64)
