@@ -112,6 +112,14 @@ class RobustnessGrid(Callback):
         check_datamodule(trainer, self)
         if self.baseline:
             self._baseline_table = self._read_baseline(Path(self.baseline).expanduser())
+        side = min(trainer.datamodule.preprocessing.input_size)
+        if trainer.is_global_zero and not 0.5 <= side / self.suite.reference_size <= 4:
+            better = "robustness=cifar" if side < self.suite.reference_size else "robustness=default"
+            log.warning(
+                f"the corruption parameters are set for {self.suite.reference_size} px images and this model takes "
+                f"{side} px: pixel sizes are scaled, but the strengths (noise, JPEG quality) are not. {better} is "
+                "tuned for inputs of this size."
+            )
         samples = trainer.datamodule.samples
         if stage == "fit" and self.split != "val" and "test" not in samples and trainer.is_global_zero:
             log.warning(

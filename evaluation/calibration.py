@@ -126,18 +126,21 @@ def fit_temperature(logits, targets, max_iter: int = 100) -> float:
     ``T`` is kept within [0.05, 20], and when the optimum does not beat ``T = 1`` (constant
     logits, a failed search) the result is 1.
     """
-    logits, targets = _as_tensors(logits, targets)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-    low, high = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
+    # Gradients also when called from a hook that Lightning runs under inference mode (the test
+    # epoch's end), where enable_grad alone is not enough and tensors made there cannot be saved
+    # for backward: the tensors are made anew inside.
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, targets = _as_tensors(np.array(logits), np.array(targets))
+        log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+        low, high = math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)
 
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.clamp(low, high).exp(), targets)
-        loss.backward()
-        return loss
+        def closure() -> torch.Tensor:
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(logits / log_t.clamp(low, high).exp(), targets)
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():
         optimiser.step(closure)
     value = float(log_t.detach().clamp(low, high).exp())
     if not math.isfinite(value) or _nll(logits, targets, value) >= _nll(logits, targets, 1.0):

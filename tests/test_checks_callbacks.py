@@ -135,3 +135,34 @@ def test_arguments_are_checked():
         ActivationMaps(alpha=1.5)
     with pytest.raises(ValueError, match="every_n_epochs=-1"):
         Calibration(every_n_epochs=-1)
+
+
+def test_eval_of_a_checkpoint_without_a_temperature_fits_one_on_its_validation_split(trained, tmp_path):
+    from eval import evaluate
+    from tests.conftest import compose_config
+
+    last = trained[0] / "checkpoints" / "last.ckpt"  # saved every epoch: never given a temperature
+    out = tmp_path / "eval"
+    cfg = compose_config(
+        [f"ckpt_path={last}", "trainer=cpu", "+trainer.enable_progress_bar=false", "data.num_workers=0",
+         "callbacks.activation_maps=null", "callbacks.embedding_projector=null", f"paths.output_dir={out}"],
+        config_name="eval",
+    )  # fmt: skip
+    evaluate(cfg)
+    record = json.loads((out / "reports" / "calibration.json").read_text())
+    assert record["source"] == "fitted on the 60 validation samples evaluated before the test split"
+    assert record["samples_fitted"] == 60 and record["samples_evaluated"] == 30 and record["temperature"] > 0
+    assert read_checkpoint(last).temperature is None  # evaluating never writes into the checkpoint
+    with open(out / "reports" / "val" / "slices.csv") as f:
+        assert sum(int(r["count"]) for r in csv.DictReader(f) if r["column"] == "image_brightness") == 60
+
+
+def test_a_temperature_can_be_fitted_where_lightning_runs_test_hooks():
+    from evaluation.calibration import fit_temperature
+
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 3, 200)
+    logits = np.eye(3)[targets] * 2 + rng.normal(0, 1.5, (200, 3))
+    expected = fit_temperature(logits, targets)
+    with torch.inference_mode():  # as in on_test_epoch_end
+        assert fit_temperature(torch.tensor(logits), torch.tensor(targets)) == pytest.approx(expected)

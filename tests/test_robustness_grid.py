@@ -154,3 +154,30 @@ def test_a_baseline_table_with_odd_values_is_refused(tmp_path, change, message):
     table.to_csv(path, index=False)
     with pytest.raises(ValueError, match=message):
         read_robustness_table(path)
+
+
+def _trainer(side: int, splits=("train", "val", "test")):
+    from types import SimpleNamespace
+
+    datamodule = SimpleNamespace(
+        class_names=["a", "b"],
+        samples={key: [] for key in splits},
+        targets=lambda split: np.zeros(0, dtype=int),
+        preprocessing=SimpleNamespace(input_size=(side, side)),
+    )
+    return SimpleNamespace(datamodule=datamodule, is_global_zero=True)
+
+
+def test_setup_says_when_the_parameters_do_not_suit_the_input_size(caplog):
+    with caplog.at_level("WARNING", logger="callbacks.robustness_grid"):
+        RobustnessGrid(load_suite()).setup(_trainer(64), None, "test")  # ImageNet-C values on 64 px
+        assert "robustness=cifar is tuned for inputs of this size" in caplog.text
+        caplog.clear()
+        RobustnessGrid(CIFAR).setup(_trainer(224), None, "test")
+        assert "robustness=default is tuned" in caplog.text
+        caplog.clear()
+        RobustnessGrid(CIFAR).setup(_trainer(64), None, "test")
+        RobustnessGrid(load_suite()).setup(_trainer(224), None, "test")
+        assert caplog.text == ""
+        RobustnessGrid(CIFAR).setup(_trainer(64, splits=("train", "val")), None, "fit")
+        assert "data.test_fraction=0.1" in caplog.text  # in training, the grid needs a test split
