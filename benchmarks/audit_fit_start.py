@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def _child() -> None:
         source="builtin", root=str(ROOT / "data" / "mnist"), val_fraction=0.1, test_fraction=0.1
     )
     step = FitStartAudit(AuditSettings(progress=False), folder, model={}, options={})
+    load = os.getloadavg()[0]  # this machine is shared: say how busy it was
     start = time.perf_counter()
     step(catalogue)
     audited = time.perf_counter()
@@ -55,6 +57,7 @@ def _child() -> None:
                 "audit_seconds": audited - start,
                 "panel_seconds": drawn - audited,
                 "stages": step.findings.seconds,
+                "load_average_1m": [load, os.getloadavg()[0]],
                 "counts": {k: v for k, v in step.findings.counts().items() if isinstance(v, int)},
             }
         )
