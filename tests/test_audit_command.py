@@ -137,12 +137,26 @@ def test_a_single_class_folder_is_audited_unsplit(photos, tmp_path):
     assert "training would stop here" in markdown
 
 
+def test_a_single_image_is_audited_with_a_note(photos, tmp_path):
+    from audit import audit
+
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    shutil.copy(photos.samples[0].path, tmp_path / "one" / "cats" / "only.png")
+    findings = audit(_config(tmp_path / "one", tmp_path / "run"))
+    assert findings.counts()["audited"] == 1 and findings.duplicates.empty
+    assert any("only one readable image" in n for n in findings.notes)
+    assert any("needs at least 2" in n for n in findings.notes)  # why training would refuse it
+
+
 def test_data_that_cannot_be_listed_stops_with_its_message(tmp_path):
     from audit import audit
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="has no class folders"):
         audit(_config(tmp_path / "empty", tmp_path / "run"))
+    (tmp_path / "empty" / "cats").mkdir()
+    with pytest.raises(DataError, match="has no image files"):
+        audit(_config(tmp_path / "empty", tmp_path / "run3"))
     with pytest.raises(ConfigError, match="switches the audit off"):
         audit(_config(tmp_path / "empty", tmp_path / "run2", "audit=off"))
 
