@@ -14,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import HELDOUT
-from runs import audit_step, build, ddp, environment, hparams
+from runs import audit_loops, audit_step, build, ddp, environment, hparams
 from runs.checkpoints import read_checkpoint
 from runs.errors import reported
 from runs.folder import RunFolder
@@ -73,7 +73,7 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool, setting
     leakage = {}
     if audit is not None and audit.set_aside:  # rank zero alone, after every collective call
         device = trainer.strategy.root_device
-        leakage = audit_step.leakage_effect(model, datamodule, checkpoint=evaluated, device=device)
+        leakage = audit_loops.leakage_effect(model, datamodule, checkpoint=evaluated, device=device)
         metrics.update(leakage)
 
     if trainer.is_global_zero:
@@ -87,7 +87,7 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool, setting
                 ("test", f"test/acc = {metrics['test/acc']:.4f}, test/f1_macro = {metrics['test/f1_macro']:.4f}")
             )
         if leakage:
-            rows.append(("leakage", audit_step.leakage_summary(leakage, audit.set_aside)))
+            rows.append(("leakage", audit_loops.leakage_summary(leakage, audit.set_aside)))
         if audit is not None:
             rows.append(("audit", audit.summary()))
         if best:

@@ -74,8 +74,8 @@ def _pairs_of_sets(sets) -> set[frozenset[str]]:
 
 def _backbone_embeddings(paths: list[str]) -> np.ndarray:
     """Pooled features of the packaged ImageNet EfficientNet-Lite0 (the default backbone), offline: the
-    loop ``audit.mode=full`` runs (``runs.audit_step.backbone_embeddings``), at the backbone's 224 px."""
-    from runs.audit_step import backbone_embeddings
+    loop ``audit.mode=full`` runs (``runs.audit_loops.backbone_embeddings``), at the backbone's 224 px."""
+    from runs.audit_loops import backbone_embeddings
 
     model = {"name": "tf_efficientnet_lite0", "pretrained": True}
     return backbone_embeddings(paths, model=model, options={"batch_size": 16, "num_workers": 0}, progress=False)
