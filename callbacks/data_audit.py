@@ -59,7 +59,8 @@ class AuditPanels:
 
     Args:
         per_class: images per class in the "look at your data" grid.
-        max_groups: duplicate groups shown, largest first.
+        max_groups: duplicate groups shown: those with conflicting labels first, then those across
+            splits, largest first within each.
         max_group_size: images shown per group (the rest are counted).
         max_leaked: leaked images shown, each beside its twin.
         max_outliers: images per quality-flag gallery, worst first.
@@ -218,7 +219,8 @@ class DataAudit(Callback):
     ``reports/audit/``; this callback reads those files and logs, at step 0:
 
     - ``audit/look_at_your_data``: ``per_class`` random training images of each class;
-    - ``audit/duplicate_groups``: groups of exact and near duplicates, one row each, largest first;
+    - ``audit/duplicate_groups``: groups of exact and near duplicates, those with conflicting
+      labels first, then those across splits;
     - ``audit/leakage``: each validation or test image beside its twin in an earlier split;
     - ``audit/quality_<flag>``: the images of each quality flag, worst first;
     - ``audit/class_balance``: images per class and split, with the majority-class accuracy floor;
