@@ -154,8 +154,9 @@ class LabelSuspects(OutputsReader):
     are checked with cleanlab's confident learning on the last epoch's probabilities.
 
     At the end of fitting (and every ``every_n_epochs`` if set) it writes
-    ``reports/label_suspects.csv`` (flagged samples, most suspect first: path, given and
-    suggested label, score and each component) and ``reports/label_scores.csv`` (every
+    ``reports/label_suspects.csv`` (the images the data audit found filed under two labels first,
+    then the flagged samples, most suspect first: path, given and suggested label, score and
+    each component) and ``reports/label_scores.csv`` (every
     training sample), and logs a gallery of the top suspects and the data map.
 
     Args:
@@ -314,7 +315,7 @@ class LabelSuspects(OutputsReader):
             return [round(v, 5) if isinstance(v, float) else v for v in (r[k] for k in SCORE_HEADER)]
 
         folder.write_csv("label_scores.csv", SCORE_HEADER, [as_row(r) for r in rows if r["split"] == "train"])
-        suspects = [r for r in rows if r["flagged"]]
+        suspects = conflicts_first(trainer, rows)
         folder.write_csv("label_suspects.csv", SCORE_HEADER, [as_row(r) for r in suspects])
         n_train = sum(r["split"] == "train" for r in suspects)
         text = (
@@ -406,3 +407,42 @@ class LabelSuspects(OutputsReader):
             self._pending_state = state_dict
         else:
             self.dynamics.load_state_dict(state_dict)
+
+
+def conflicts_first(trainer: Trainer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The flagged rows, after every image the run's data audit found filed under two labels
+    (``reports/audit/conflicting_labels.csv``): the same picture with two labels is a certain label
+    error, so those come first (``method = conflicting_labels``, ``score = 1``), each group with
+    one suggested label (:func:`data_audit.conflict_suggestions`), so relabelling by the
+    suggestions makes the copies agree."""
+    from data_audit import conflict_suggestions, read_audit
+
+    suspects = [r for r in rows if r["flagged"]]
+    tables = read_audit(RunFolder.of(trainer).reports / "audit")
+    if tables is None or tables.conflicts.empty:
+        return suspects
+    samples = trainer.datamodule.samples
+    position = {s.path: (split, i) for split, group in samples.items() for i, s in enumerate(group)}
+    known = {r["path"]: r for r in rows}
+    # What the model predicts: the strongest other class where it contradicts the label, else the label.
+    predicted = {r["path"]: r["suggested_label"] if r["wrong_last_epoch"] else r["given_label"] for r in rows}
+    suggestion = conflict_suggestions(tables.conflicts, predicted)
+    first = []
+    for conflict in tables.conflicts.itertuples(index=False):
+        if conflict.path not in position:
+            continue
+        split, index = position[conflict.path]
+        row = dict(known.get(conflict.path) or dict.fromkeys(SCORE_HEADER, ""))
+        row.update(
+            split=split,
+            index=index,
+            path=conflict.path,
+            given_label=conflict.label,
+            suggested_label=suggestion[conflict.path],
+            score=1.0,
+            flagged=True,
+            method="conflicting_labels",
+        )
+        first.append(row)
+    listed = {r["path"] for r in first}
+    return first + [r for r in suspects if r["path"] not in listed]
