@@ -24,10 +24,10 @@ from runs import files
 from runs.errors import RunFolderError
 
 # What a run that got going leaves behind; a folder holding any of these holds a run. A run that
-# stopped at a mistake in its data or config leaves only config.yaml, catalogue.json and data
-# reports: the same command, fixed, may use the folder again. (Hydra's own log file, `<task>.log`,
-# is opened before any of lookout's code runs and does not count either.)
-RUN_CONTENTS = ("checkpoints", "tensorboard", "csv", "reports/metrics.json", "reports/audit", "predictions.csv")
+# stopped at a mistake in its data or config, or at a data-audit finding (audit.fail_on), leaves only
+# config.yaml, catalogue.json and data reports: the same command, fixed, may use the folder again.
+# (Hydra's own log file, `<task>.log`, is opened before any of lookout's code runs and does not count.)
+RUN_CONTENTS = ("checkpoints", "tensorboard", "csv", "reports/metrics.json", "predictions.csv")
 
 
 class RunFolder:
