@@ -54,6 +54,18 @@ def test_frozen_backbone_keeps_its_weights_and_statistics_for_the_first_epochs(t
     assert statistics and all(not torch.equal(after_frozen[k], after_unfrozen[k]) for k in statistics)
     weights = [k for k in start if k.endswith("conv.weight") or k.endswith("conv_stem.weight")]
     assert any(not torch.equal(after_frozen[k], after_unfrozen[k]) for k in weights)
+    # No backward pass through the frozen backbone: AdamW kept no moments or step count for it
+    # (so no weight decay either); its state starts at the first unfrozen step.
+    frozen_steps, unfrozen_steps = Recorder.last.optimizer_steps
+    assert set(frozen_steps) == set(head)
+    steps_per_epoch = frozen_steps["classifier.weight"]
+    assert steps_per_epoch > 0 and unfrozen_steps["classifier.weight"] == 2 * steps_per_epoch
+    backbone = set(unfrozen_steps) - set(head)
+    assert backbone == {name for name in start if name not in head and not name.endswith(BUFFERS)}
+    assert {unfrozen_steps[name] for name in backbone} == {steps_per_epoch}
+
+
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def test_training_epochs_keep_label_statistics_not_logits(tiny_cfg):
