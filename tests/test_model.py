@@ -23,6 +23,17 @@ def test_logits_and_embedding_come_from_one_pass_and_match_forward():
     assert embedding.shape == (3, model.backbone.num_features)
 
 
+def test_channels_last_changes_the_memory_layout_not_the_outputs():
+    torch.manual_seed(0)
+    plain = ImageClassifier(name="test_efficientnet", num_classes=4).eval()
+    nhwc = ImageClassifier(name="test_efficientnet", num_classes=4, channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.setup("fit")
+    assert nhwc.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = {"image": torch.randn(3, 3, 32, 32), "target": torch.tensor([0, 1, 2]), "index": torch.arange(3)}
+    torch.testing.assert_close(nhwc._step(batch).logits, plain._step(batch).logits, rtol=1e-4, atol=1e-5)
+
+
 def test_warmup_then_cosine_schedule():
     factor = _warmup_cosine(total=100, warmup=10, floor=0.01)
     assert factor(0) == 1 / 11 and factor(9) == 10 / 11
