@@ -175,7 +175,9 @@ def trainer(cfg: DictConfig):
     """The Trainer with the run's callbacks and loggers (``callbacks``, ``logger`` groups)."""
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    built = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ddp.check_process_launch(built)
+    return built
 
 
 def is_child() -> bool:
