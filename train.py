@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from callbacks.class_thresholds import thresholds_summary
 from datamodules import HELDOUT
 from runs import build, ddp, environment, hparams
 from runs.checkpoints import read_checkpoint
@@ -75,6 +76,7 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool) -> dict
             rows.append(
                 ("test", f"test/acc = {metrics['test/acc']:.4f}, test/f1_macro = {metrics['test/f1_macro']:.4f}")
             )
+        rows += thresholds_summary(metrics)
         if best:
             rows.append(("checkpoint", best))
         folder.print_summary(rows)
