@@ -56,7 +56,7 @@ class ClassThresholds(OutputsReader):
     coverage). When the test split is evaluated afterwards, both files get the test figures:
     coverage (the share of test images that get a label) and the precision of those labels with a
     95% Wilson interval, per class and overall; they are also logged as ``test/thresholds_coverage``,
-    ``test/thresholds_precision`` (``_low``, ``_high``) and shown as a table in TensorBoard's Text tab
+    ``test/thresholds_precision`` (``_low``, ``_high``; not logged when nothing is labelled) and shown as a table in TensorBoard's Text tab
     (``test/class_thresholds``). A class that never reaches the target with ``min_support``
     validation samples gets no threshold and is never emitted.
 
@@ -143,12 +143,12 @@ class ClassThresholds(OutputsReader):
             return
         probs = softmax(test.logits.astype(np.float64) / self.temperature, axis=1)
         report = evaluate_thresholds(self.report, probs, test.target)
-        for name, value in (
-            ("coverage", report.coverage),
-            ("precision", report.precision),
-            ("precision_low", report.precision_low),
-            ("precision_high", report.precision_high),
-        ):
+        logged = {"coverage": report.coverage}
+        if report.test_emitted:  # a precision of nothing emitted is undefined, not a number to log
+            logged.update(
+                precision=report.precision, precision_low=report.precision_low, precision_high=report.precision_high
+            )
+        for name, value in logged.items():
             # The same value on every rank (gathered outputs): no reduction needed.
             pl_module.log(f"test/thresholds_{name}", float(value))
         if trainer.is_global_zero:
@@ -202,7 +202,8 @@ def thresholds_summary(metrics: dict[str, float]) -> list[tuple[str, str]]:
     if "test/thresholds_coverage" not in metrics:
         return []
     coverage, precision, low, high = (
-        metrics[f"test/thresholds_{k}"] for k in ("coverage", "precision", "precision_low", "precision_high")
+        metrics.get(f"test/thresholds_{k}", math.nan)
+        for k in ("coverage", "precision", "precision_low", "precision_high")
     )
     return [("thresholds", f"test: {coverage:.1%} labelled, precision {_interval(precision, low, high)}")]
 
