@@ -113,7 +113,7 @@ def test_a_blocked_class_never_appears(trained, heldout, tmp_path):
 
 def test_min_confidence_abstains_and_a_thresholds_file_is_applied(trained, heldout, tmp_path):
     root, _, _ = heldout
-    summary, out = run_predict(
+    _, out = run_predict(
         trained,
         tmp_path,
         f"input={root}",
