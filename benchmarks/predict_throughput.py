@@ -10,9 +10,10 @@ backbone with its packaged ImageNet weights and a 10-class head, saved as a look
 ``trainer.validate`` with no callbacks and no logger (the bare loop: forward, loss, metrics);
 prediction is ``predict.py``'s loop (forward with embedding, temperature, output filtering,
 unfamiliar-input search when the run has an index, rows streamed to ``predictions.csv``). Runs
-alternate, so the machine's noise falls on both; reported are the median images per second of
-each over the timed loop (from the first batch request to the last row), the ratio, and
-predict.py's end-to-end rate (scan and model loading included).
+alternate, and which goes first alternates by round, so the machine's noise falls on both.
+Reported: the median images per second of each over the timed loop (from the first batch
+request to the last row), their ratio, and predict.py's end-to-end rate (scan and model loading
+included).
 """
 
 from __future__ import annotations
@@ -126,10 +127,13 @@ def main() -> None:
         manifest.write_text("path\n" + "".join(f"{p}\n" for p in paths))
         checkpoint = _checkpoint(tmp / "model.ckpt", args.model, args.image_size)
         for r in range(args.rounds):
-            speeds["eval_loop"].append(_validate(checkpoint, manifest, args.batch_size, args.workers))
-            loop, end_to_end = _predict(checkpoint, manifest, tmp / f"predict_{r}", args.batch_size, args.workers)
-            speeds["predict_loop"].append(loop)
-            speeds["predict_end_to_end"].append(end_to_end)
+            for step in ("eval", "predict") if r % 2 == 0 else ("predict", "eval"):  # alternate who goes first
+                if step == "eval":
+                    speeds["eval_loop"].append(_validate(checkpoint, manifest, args.batch_size, args.workers))
+                    continue
+                loop, whole = _predict(checkpoint, manifest, tmp / f"predict_{r}", args.batch_size, args.workers)
+                speeds["predict_loop"].append(loop)
+                speeds["predict_end_to_end"].append(whole)
             print({k: round(v[-1], 1) for k, v in speeds.items()}, flush=True)
     medians = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
     summary = {

@@ -56,9 +56,10 @@ class ClassThresholds(OutputsReader):
     coverage). When the test split is evaluated afterwards, both files get the test figures:
     coverage (the share of test images that get a label) and the precision of those labels with a
     95% Wilson interval, per class and overall; they are also logged as ``test/thresholds_coverage``,
-    ``test/thresholds_precision`` (``_low``, ``_high``; not logged when nothing is labelled) and shown as a table in TensorBoard's Text tab
-    (``test/class_thresholds``). A class that never reaches the target with ``min_support``
-    validation samples gets no threshold and is never emitted.
+    ``test/thresholds_precision`` (``_low``, ``_high``; not logged when nothing is labelled) and
+    shown as a table in TensorBoard's Text tab (``test/class_thresholds``). A class that never
+    reaches the target with ``min_support`` validation samples gets no threshold and is never
+    emitted.
 
     Args:
         target_precision: the precision each emitted class must reach on validation, in (0, 1].
