@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from datamodules import PREDICT, Catalogue, ImageDataModule, LoaderOptions
+from datamodules.image_io import SCAN_MODES
 from inference import prediction, run_files
 from inference.active_learning import UNCERTAINTY_METHODS, rank_label_next, write_label_next
 from inference.decisions import OutputPolicy
@@ -48,6 +49,11 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError("rank=label_next needs the model's embeddings: export with embeddings (the default).")
     if opts["uncertainty"] not in UNCERTAINTY_METHODS:
         raise ConfigError(f"predict.uncertainty={opts['uncertainty']!r} must be one of {UNCERTAINTY_METHODS}.")
+    budget = opts["label_budget"]
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ConfigError(f"predict.label_budget={budget!r} must be a positive number of images.")
+    if cfg.data.scan not in SCAN_MODES:
+        raise ConfigError(f"data.scan={cfg.data.scan!r} must be one of {list(SCAN_MODES)}.")
     blocked = {*model.blocked_classes, *(str(c) for c in opts["blocked_classes"] or [])}
     try:
         policy = OutputPolicy(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class PredictionModel:
         preprocessing: the evaluation transform's settings.
         temperature: probabilities are ``softmax(logits / temperature)``.
         description: one line for the summary.
+        run: ``(N, 3, H, W)`` normalised images -> ``(N, C)`` logits and ``(N, D)`` embeddings (or ``None``).
         thresholds: per-class thresholds that came with the model (an export's sidecar), else empty.
         blocked_classes: classes the model's export blocks, else empty.
         familiarity: the unfamiliar-input index that came with the model (an export), else ``None``.
@@ -48,7 +50,7 @@ class PredictionModel:
     preprocessing: Preprocessing
     temperature: float
     description: str
-    run: Any  # a callable: (N, 3, H, W) float tensor -> (logits, embeddings or None) as numpy arrays
+    run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray | None]]  # images -> (logits, embeddings or None)
     thresholds: dict[str, float] = field(default_factory=dict)
     blocked_classes: tuple[str, ...] = ()
     familiarity: FamiliarityIndex | None = None

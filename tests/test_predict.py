@@ -193,6 +193,8 @@ def test_run_files_made_for_another_epoch_are_left_out_with_a_note(trained):
         (["predict.blocked_classes=[cat]"], r"predict.blocked_classes=\['cat'\] names classes the model does not have"),
         (["predict.min_confidence=1.5"], r"predict.min_confidence must be in \[0, 1\]"),
         (["rank=label_first"], "the only ranking is rank=label_next"),
+        (["predict.label_budget=0"], "predict.label_budget=0 must be a positive number"),
+        (["data.scan=quick"], r"data.scan='quick' must be one of"),
         (["model_file=/nowhere/model.onnx"], "give one model"),
         (["predict.thresholds=/nowhere/thresholds.csv"], "does not exist"),
         (["input=/nowhere"], "input='/nowhere' does not exist"),
