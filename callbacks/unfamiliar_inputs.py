@@ -31,7 +31,7 @@ class UnfamiliarInputs(OutputsReader):
     ``predict.py`` sees them. So at the end of fitting global rank zero loads the best checkpoint's
     weights into a copy of the backbone and makes one no-grad pass, in eval mode with the evaluation
     transform, over a stratified subset of at most ``max_train_images`` training images: the cost of
-    validating that many images once (about 5 s for 2,000 images of 64 px on two CPU cores). The
+    validating that many images once (for the built-in data: four times its 500-image validation). The
     training steps' own embeddings would cost nothing, but they come from augmented images, from
     weights that change during the epoch and from BatchNorm in training mode, so their distances do
     not compare with those of new images. The validation embeddings that set the threshold are the
