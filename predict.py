@@ -88,7 +88,9 @@ def _model(cfg: DictConfig, opts: dict) -> tuple[prediction.PredictionModel, run
     if cfg.model_file:
         try:
             model = prediction.exported_model(cfg.model_file)
-        except (FileNotFoundError, ValueError) as err:
+        except FileNotFoundError as err:
+            raise ConfigError(f"{err}: give the exported model file (its sidecar <file>.json beside it).") from None
+        except ValueError as err:
             raise ConfigError(f"model={cfg.model_file}: {err}") from None
         found = run_files.RunFiles(thresholds=model.thresholds, thresholds_from="the sidecar")
         found.familiarity, found.familiarity_from = model.familiarity, "beside the model"
