@@ -21,15 +21,8 @@ import numpy as np
 
 from datamodules.image_io import scan_images
 from datamodules.label_edits import exclude_samples, inject_label_noise, relabel_samples
-from datamodules.sources import (
-    SPLITS,
-    DataError,
-    Sample,
-    builtin_digits,
-    csv_samples,
-    folder_samples,
-    unlabelled_samples,
-)
+from datamodules.manifests import csv_samples, unlabelled_samples
+from datamodules.sources import SPLITS, DataError, Sample, builtin_digits, folder_samples
 from datamodules.splits import assign_splits, fold_of_each
 from runs import files
 
