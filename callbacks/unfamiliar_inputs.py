@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.epoch_outputs import stratified_subset
 from callbacks.outputs_reader import Need, OutputsReader
-from callbacks.sample_outputs import stratified_subset
 from datamodules.dataset import ImageDataset, collate_skipping_failures
 from inference.familiarity import DEFAULT_K, DEFAULT_QUANTILE, FamiliarityIndex
 from runs.checkpoints import load_file
