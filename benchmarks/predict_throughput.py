@@ -13,18 +13,21 @@ unfamiliar-input search when the run has an index, rows streamed to ``prediction
 alternate, and which goes first alternates by round, so the machine's noise falls on both.
 Reported: the median images per second of each over the timed loop (from the first batch
 request to the last row), their ratio, and predict.py's end-to-end rate (scan and model loading
-included).
+included). A third variant adds an unfamiliar-input index of ``--index-size`` embeddings (the
+default run's 2,000), whose exact search every batch pays for.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, ROOT, machine
@@ -33,7 +36,8 @@ from datamodules.sources import builtin_digits
 from runs import environment
 
 
-def _checkpoint(path: Path, model_name: str, image_size: int) -> Path:
+def _checkpoint(path: Path, model_name: str, image_size: int) -> tuple[Path, int]:
+    """A lookout checkpoint of the backbone with its pretrained weights; returns it and the embedding width."""
     from datamodules.transforms import Preprocessing
     from models.classifier import ImageClassifier
 
@@ -41,7 +45,7 @@ def _checkpoint(path: Path, model_name: str, image_size: int) -> Path:
     prep = Preprocessing.resolve(model.data_config, image_size=image_size, crop_pct=1.0)
     model.hparams["preprocessing"] = prep.as_dict()
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "epoch": 0}, path)
-    return path
+    return path, int(model.backbone.num_features)
 
 
 def _validate(checkpoint: Path, manifest: Path, batch_size: int, workers: int) -> float:
@@ -82,7 +86,19 @@ def _loop_timer():
     return LoopTimer()
 
 
-def _predict(checkpoint: Path, manifest: Path, out: Path, batch_size: int, workers: int) -> tuple[float, float]:
+def _index(folder: Path, size: int, dim: int) -> Path:
+    """An unfamiliar-input index of ``size`` embeddings (random: the search costs the same whatever they hold)."""
+    from inference.familiarity import FamiliarityIndex
+
+    rng = np.random.default_rng(0)
+    index = FamiliarityIndex(rng.standard_normal((size, dim)).astype(np.float32))
+    index.calibrate(rng.standard_normal((100, dim)).astype(np.float32))
+    return index.save(folder)
+
+
+def _predict(
+    checkpoint: Path, manifest: Path, out: Path, batch_size: int, workers: int, index: Path | None
+) -> tuple[float, float]:
     from hydra import compose, initialize_config_dir
 
     from predict import predict
@@ -99,6 +115,7 @@ def _predict(checkpoint: Path, manifest: Path, out: Path, batch_size: int, worke
                 "data.scan=off",
                 f"data.batch_size={batch_size}",
                 f"data.num_workers={workers}",
+                f"predict.familiarity={index if index else 'null'}",
             ],
         )
     start = time.perf_counter()
@@ -114,28 +131,42 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64, help="px (make train's)")
+    parser.add_argument("--index-size", type=int, default=2000, help="unfamiliar-input index (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS / "predict_throughput.json")
     args = parser.parse_args()
     environment.setup()
 
     digits = builtin_digits(ROOT / "data" / "mnist")
     paths = sorted(str(p) for p in digits.glob("*/*.png"))[:: max(1, 5000 // args.images)][: args.images]
-    speeds: dict[str, list[float]] = {"eval_loop": [], "predict_loop": [], "predict_end_to_end": []}
+    speeds: dict[str, list[float]] = {
+        "eval_loop": [],
+        "predict_loop": [],
+        "predict_end_to_end": [],
+        "predict_loop_with_index": [],
+    }
     with tempfile.TemporaryDirectory(prefix="lookout-throughput-") as tmp:
         tmp = Path(tmp)
         manifest = tmp / "images.csv"
         manifest.write_text("path\n" + "".join(f"{p}\n" for p in paths))
-        checkpoint = _checkpoint(tmp / "model.ckpt", args.model, args.image_size)
+        checkpoint, dim = _checkpoint(tmp / "model.ckpt", args.model, args.image_size)
+        index = _index(tmp / "familiarity", args.index_size, dim) if args.index_size else None
+        steps = ["eval", "predict"] + (["index"] if index else [])
         for r in range(args.rounds):
-            for step in ("eval", "predict") if r % 2 == 0 else ("predict", "eval"):  # alternate who goes first
+            for step in steps if r % 2 == 0 else steps[::-1]:  # alternate who goes first
                 if step == "eval":
                     speeds["eval_loop"].append(_validate(checkpoint, manifest, args.batch_size, args.workers))
                     continue
-                loop, whole = _predict(checkpoint, manifest, tmp / f"predict_{r}", args.batch_size, args.workers)
-                speeds["predict_loop"].append(loop)
-                speeds["predict_end_to_end"].append(whole)
+                out = tmp / f"{step}_{r}"
+                loop, whole = _predict(
+                    checkpoint, manifest, out, args.batch_size, args.workers, index if step == "index" else None
+                )
+                if step == "index":
+                    speeds["predict_loop_with_index"].append(loop)
+                else:
+                    speeds["predict_loop"].append(loop)
+                    speeds["predict_end_to_end"].append(whole)
             print({k: round(v[-1], 1) for k, v in speeds.items()}, flush=True)
-    medians = {k: round(statistics.median(v), 1) for k, v in speeds.items()}
+    medians = {k: round(statistics.median(v), 1) for k, v in speeds.items() if v}
     summary = {
         "machine": machine(),
         "model": args.model,
@@ -146,11 +177,16 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "median_images_per_second": medians,
         "predict_over_eval": round(medians["predict_loop"] / medians["eval_loop"], 2),
+        "predict_with_index_over_eval": round(
+            medians.get("predict_loop_with_index", math.nan) / medians["eval_loop"], 2
+        ),
+        "index_size": args.index_size,
         "rounds": speeds,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: summary[k] for k in ("median_images_per_second", "predict_over_eval")}))
+    keys = ("median_images_per_second", "predict_over_eval", "predict_with_index_over_eval")
+    print(json.dumps({k: summary[k] for k in keys}))
     print(f"wrote {args.out}")
 
 
