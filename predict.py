@@ -42,11 +42,8 @@ def predict(cfg: DictConfig) -> dict:
     opts = OmegaConf.to_container(cfg.predict, resolve=True)
     if isinstance(opts["blocked_classes"], str):  # predict.blocked_classes=person: one class
         opts["blocked_classes"] = [opts["blocked_classes"]]
-    model, found = _model(cfg, opts)
     if cfg.rank not in RANKINGS:
         raise ConfigError(f"rank={cfg.rank!r}: the only ranking is rank=label_next (or leave rank unset).")
-    if cfg.rank and not model.has_embedding:
-        raise ConfigError("rank=label_next needs the model's embeddings: export with embeddings (the default).")
     if opts["uncertainty"] not in UNCERTAINTY_METHODS:
         raise ConfigError(f"predict.uncertainty={opts['uncertainty']!r} must be one of {UNCERTAINTY_METHODS}.")
     budget = opts["label_budget"]
@@ -54,6 +51,9 @@ def predict(cfg: DictConfig) -> dict:
         raise ConfigError(f"predict.label_budget={budget!r} must be a positive number of images.")
     if cfg.data.scan not in SCAN_MODES:
         raise ConfigError(f"data.scan={cfg.data.scan!r} must be one of {list(SCAN_MODES)}.")
+    model, found = _model(cfg, opts)
+    if cfg.rank and not model.has_embedding:
+        raise ConfigError("rank=label_next needs the model's embeddings: export with embeddings (the default).")
     blocked = {*model.blocked_classes, *(str(c) for c in opts["blocked_classes"] or [])}
     try:
         policy = OutputPolicy(
