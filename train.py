@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from callbacks.class_thresholds import thresholds_summary
 from datamodules import HELDOUT
 from runs import audit_loops, audit_step, build, ddp, environment, hparams
 from runs.checkpoints import read_checkpoint
@@ -90,6 +91,7 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool, setting
             rows.append(("leakage", audit_loops.leakage_summary(leakage, audit.set_aside)))
         if audit is not None:
             rows.append(("audit", audit.summary()))
+        rows += thresholds_summary(metrics)
         if best:
             rows.append(("checkpoint", best))
         folder.print_summary(rows)
