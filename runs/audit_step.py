@@ -131,7 +131,8 @@ def listed_samples(options: Mapping[str, Any]) -> tuple[list[Sample], dict[str, 
     """
     from datamodules.image_io import scan_images
     from datamodules.label_edits import exclude_samples, relabel_samples
-    from datamodules.sources import builtin_digits, csv_samples, folder_samples
+    from datamodules.manifests import csv_samples
+    from datamodules.sources import builtin_digits, folder_samples
 
     source = options["source"]
     if source == "builtin":
