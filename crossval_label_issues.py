@@ -75,7 +75,7 @@ def load_folds(sweep_dir: Path) -> tuple[pd.DataFrame, list[str], pd.DataFrame |
 
 
 def find_issues(folds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
-    from callbacks.label_suspects import confident_learning
+    from callbacks.label_scores import confident_learning
 
     probs = folds[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
     probs /= probs.sum(axis=1, keepdims=True)  # the CSV rounds to 6 digits

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from callbacks.class_thresholds import thresholds_summary
 from datamodules import HELDOUT
-from runs import build, ddp, environment, hparams
+from runs import audit_loops, audit_step, build, ddp, environment, hparams
 from runs.checkpoints import read_checkpoint
 from runs.errors import reported
 from runs.folder import RunFolder
@@ -28,6 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     options = build.data_options(cfg)
     build.loader_options(options)  # bad batch sizes stop the run before any file is read
     build.check_trainer_options(cfg)
+    audit = audit_step.AuditSettings.from_config(cfg.get("audit"))
     if cfg.ckpt_path:
         read_checkpoint(cfg.ckpt_path)  # a clear error for a missing, truncated or foreign file
     if not child:
@@ -35,13 +37,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if not child:
             build.save_config(cfg, folder)
-        return _fit(cfg, folder, options, child)
+        return _fit(cfg, folder, options, child, audit)
     finally:
         folder.release()
 
 
-def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool) -> dict[str, float]:
-    catalogue = build.catalogue(options, folder, child=child)
+def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool, settings) -> dict[str, float]:
+    # The data audit: on global rank zero, before the catalogue is saved (it may set leaked images aside).
+    audit = None
+    if settings.enabled and not child:
+        model_options = OmegaConf.to_container(cfg.model, resolve=True)
+        audit = audit_step.FitStartAudit(settings, folder, model=model_options, options=options)
+    catalogue = build.catalogue(options, folder, child=child, before_save=audit)
     model = build.model(cfg, class_names=catalogue.class_names)
     prep = build.preprocessing(model.data_config, options)
     model.hparams["preprocessing"] = prep.as_dict()  # saved in checkpoints: eval, predict, export use it
@@ -64,6 +71,11 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool) -> dict
         # callback writes the probabilities for cross-validated label checks.
         trainer.predict(model, datamodule=datamodule, ckpt_path=evaluated, weights_only=True, return_predictions=False)
     datamodule.report_load_failures()
+    leakage = {}
+    if audit is not None and audit.set_aside:  # rank zero alone, after every collective call
+        device = trainer.strategy.root_device
+        leakage = audit_loops.leakage_effect(model, datamodule, checkpoint=evaluated, device=device)
+        metrics.update(leakage)
 
     if trainer.is_global_zero:
         hparams.log_with_metrics(trainer, cfg, metrics)
@@ -75,6 +87,11 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool) -> dict
             rows.append(
                 ("test", f"test/acc = {metrics['test/acc']:.4f}, test/f1_macro = {metrics['test/f1_macro']:.4f}")
             )
+        if leakage:
+            rows.append(("leakage", audit_loops.leakage_summary(leakage, audit.set_aside)))
+        if audit is not None:
+            rows.append(("audit", audit.summary()))
+        rows += thresholds_summary(metrics)
         if best:
             rows.append(("checkpoint", best))
         rows += [row for callback in trainer.callbacks for row in getattr(callback, "summary_rows", list)()]

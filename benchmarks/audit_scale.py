@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -84,6 +85,7 @@ def _child(n: int, executor: str) -> None:
     from datamodules.sources import Sample
 
     paths = generate(n)
+    load = os.getloadavg()[0]  # this machine is shared: say how busy it was
     start = time.perf_counter()
     findings = run_audit(
         [Sample(p, "digit", "train" if i % 10 < 8 else "val") for i, p in enumerate(paths)], executor=executor
@@ -101,6 +103,7 @@ def _child(n: int, executor: str) -> None:
                 "seconds": seconds,
                 "stages": findings.seconds,
                 "peak_rss_mib": peak,
+                "load_average_1m": [load, os.getloadavg()[0]],
                 "phash_bits": findings.settings["phash_bits"],
                 "duplicate_groups": counts["duplicate_groups"],
                 "exact_duplicate_groups": counts["exact_duplicate_groups"],

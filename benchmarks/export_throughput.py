@@ -28,8 +28,8 @@ import torch
 from scipy.special import softmax
 
 from benchmarks.common import RESULTS, machine
+from datamodules.transforms import Preprocessing
 from inference.export import ExportedClassifier, export_classifier
-from inference.sidecar import Preprocessing
 from models.backbones import create_backbone
 
 
@@ -61,7 +61,7 @@ def main() -> None:
     model = create_backbone(args.model, num_classes=10, pretrained=args.pretrained).eval()
     config = timm.data.resolve_model_data_config(model)
     size = args.image_size or config["input_size"][-1]
-    pre = Preprocessing.from_data_config({**config, "input_size": (3, size, size)})
+    pre = Preprocessing.resolve(config, image_size=size)
     rows = []
     with tempfile.TemporaryDirectory(prefix="lookout-export-") as tmp:
         path = Path(tmp) / "model.onnx"

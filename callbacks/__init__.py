@@ -1,6 +1,7 @@
 """Data-quality callbacks, one per module, and the per-sample plumbing they share."""
 
 from callbacks.augmentation_preview import AugmentationPreview
+from callbacks.class_thresholds import ClassThresholds
 from callbacks.confusion_matrix import ConfusionMatrix
 from callbacks.embedding_projector import EmbeddingProjector
 from callbacks.hardest_errors import HardestErrors
@@ -9,9 +10,11 @@ from callbacks.label_suspects import LabelSuspects, TrainingDynamics
 from callbacks.outputs_reader import Need, OutputsReader
 from callbacks.per_class_metrics import PerClassMetrics
 from callbacks.sample_outputs import EpochOutputs, SampleOutputs
+from callbacks.unfamiliar_inputs import UnfamiliarInputs
 
 __all__ = [
     "AugmentationPreview",
+    "ClassThresholds",
     "ConfusionMatrix",
     "EmbeddingProjector",
     "EpochOutputs",
@@ -23,4 +26,5 @@ __all__ = [
     "PerClassMetrics",
     "SampleOutputs",
     "TrainingDynamics",
+    "UnfamiliarInputs",
 ]

@@ -9,9 +9,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 
 from callbacks import rendering
+from callbacks.epoch_outputs import EpochOutputs
 from callbacks.rendering import BAD, GOOD, INK
 from callbacks.review import REVIEW_SPLITS, SplitReview
-from callbacks.sample_outputs import EpochOutputs
 from evaluation.activation_maps import MAX_IMAGES, class_activation_maps, layer_for_input, overlay
 
 log = logging.getLogger(__name__)

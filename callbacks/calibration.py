@@ -12,8 +12,8 @@ from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.epoch_outputs import EpochOutputs
 from callbacks.review import REVIEW_SPLITS, SplitReview
-from callbacks.sample_outputs import EpochOutputs
 from evaluation.calibration import (
     N_BINS,
     CalibrationResult,

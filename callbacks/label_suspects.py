@@ -1,36 +1,24 @@
-"""Which labels are probably wrong: per-sample training dynamics over the epochs of one run, and
-confident learning (cleanlab) on out-of-sample validation probabilities.
-
-Training dynamics come from the training forward passes the run makes anyway, so finding
-suspects costs no extra pass over the data:
-
-* Area Under the Margin (Pleiss et al. 2020): the mean over epochs of the given label's
-  logit minus the largest other logit. Mislabelled samples keep a negative margin, because
-  their look-alikes pull the model towards the true class.
-* Dataset Cartography (Swayamdipta et al. 2020): confidence = mean probability of the
-  given label over epochs; variability = its standard deviation. Low confidence with low
-  variability ("hard to learn") is where mislabelled samples sit.
-* Forgetting events (Toneva et al. 2019): how often a sample went from correctly to
-  incorrectly classified between two consecutive epochs.
-"""
+"""Which labels are probably wrong: the callback that follows every training sample through the epochs
+of one run, checks validation labels with confident learning, and writes the suspects (reports,
+gallery, data map). The scores themselves are in ``callbacks.label_scores``. (Some 340 lines: the
+callback, its two report files and its two figures are read together.)"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.label_scores import TrainingDynamics, confident_learning
 from callbacks.outputs_reader import Need, OutputsReader
 from callbacks.rendering import BAD, GOOD, INK
 from callbacks.sample_outputs import EpochOutputs
 from runs.folder import RunFolder
 
-STATE_KEYS = ("seen", "margin_sum", "prob_sum", "prob_sq_sum", "last_correct", "forgetting", "other_class")
 SCORE_HEADER = [
     "split",
     "index",
@@ -50,98 +38,6 @@ SCORE_HEADER = [
 ]
 
 
-class TrainingDynamics:
-    """Running per-sample statistics over epochs; memory O(number of samples).
-
-    Args:
-        num_samples: size of the training split (samples are addressed by index).
-    """
-
-    def __init__(self, num_samples: int) -> None:
-        self.num_samples = num_samples
-        self.seen = np.zeros(num_samples, np.int64)
-        self.margin_sum = np.zeros(num_samples, np.float64)
-        self.prob_sum = np.zeros(num_samples, np.float64)
-        self.prob_sq_sum = np.zeros(num_samples, np.float64)
-        self.last_correct = np.full(num_samples, -1, np.int8)  # -1: not seen yet
-        self.forgetting = np.zeros(num_samples, np.int64)
-        self.other_class = np.full(num_samples, -1, np.int64)  # strongest other class, last epoch
-
-    def update(self, index: np.ndarray, margin: np.ndarray, p_given: np.ndarray, other_class: np.ndarray) -> None:
-        """Adds one epoch of the samples ``index`` (each at most once).
-
-        Args:
-            index: sample indices.
-            margin: logit of the given label minus the largest other logit.
-            p_given: softmax probability of the given label.
-            other_class: class of the largest other logit.
-        """
-        correct = (margin > 0).astype(np.int8)
-        self.seen[index] += 1
-        self.margin_sum[index] += margin
-        self.prob_sum[index] += p_given
-        self.prob_sq_sum[index] += p_given**2
-        self.forgetting[index] += (self.last_correct[index] == 1) & (correct == 0)
-        self.last_correct[index] = correct
-        self.other_class[index] = other_class
-
-    def scores(self) -> dict[str, np.ndarray]:
-        """Per-sample AUM, confidence, variability, forgetting events and the combined score.
-
-        ``score`` in [0, 1], higher = more suspect: ``0.5 * [wrong at the last epoch] +
-        0.5 * (1 - confidence)``. NaN for samples never seen.
-        """
-        seen = np.maximum(self.seen, 1)
-        aum = np.where(self.seen > 0, self.margin_sum / seen, np.nan)
-        confidence = np.where(self.seen > 0, self.prob_sum / seen, np.nan)
-        variance = np.maximum(self.prob_sq_sum / seen - (self.prob_sum / seen) ** 2, 0.0)
-        variability = np.where(self.seen > 0, np.sqrt(variance), np.nan)
-        # Samples the model still contradicts at the last epoch first (0.5 + ...), then by how
-        # little probability the given label got on average. Chosen over AUM and over a rank
-        # blend of AUM and confidence on injected noise; see BENCHMARKS.md for the comparison.
-        score = 0.5 * (self.last_correct == 0) + 0.5 * (1.0 - confidence)
-        return {
-            "aum": aum,
-            "confidence": confidence,
-            "variability": variability,
-            "forgetting": self.forgetting.copy(),
-            "score": score,
-        }
-
-    def flagged(self, max_margin: float, min_epochs: int) -> np.ndarray:
-        """Samples seen at least ``min_epochs`` times whose AUM is below ``max_margin`` and whose
-        given label the model still contradicts at the last epoch (a sample it got right by the
-        end, after a slow start, is hard, not necessarily mislabelled)."""
-        aum = np.where(self.seen > 0, self.margin_sum / np.maximum(self.seen, 1), np.inf)
-        return (self.seen >= min_epochs) & (aum < max_margin) & (self.last_correct == 0)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"num_samples": self.num_samples, **{k: torch.from_numpy(getattr(self, k).copy()) for k in STATE_KEYS}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("num_samples") != self.num_samples:
-            raise ValueError(
-                f"checkpoint tracked {state.get('num_samples')} training samples, this data has {self.num_samples}: "
-                "resume with the same data (and the same data.exclude / data.relabel / data.label_noise)."
-            )
-        for key in STATE_KEYS:
-            if key in state:
-                setattr(self, key, state[key].numpy().astype(getattr(self, key).dtype))
-
-
-def confident_learning(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cleanlab's confident learning on out-of-sample probabilities: (flagged, label quality in [0, 1]).
-
-    ``find_label_issues(filter_by="prune_by_noise_rate")`` for the flagged set and
-    ``get_label_quality_scores`` (self-confidence) for the ranking; used for the validation split
-    here and for K-fold probabilities by ``crossval_label_issues.py``.
-    """
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
-    return find_label_issues(labels, probs, filter_by="prune_by_noise_rate"), get_label_quality_scores(labels, probs)
-
-
 class LabelSuspects(OutputsReader):
     """Ranks the training samples whose labels are probably wrong, with the evidence.
 
@@ -154,8 +50,9 @@ class LabelSuspects(OutputsReader):
     are checked with cleanlab's confident learning on the last epoch's probabilities.
 
     At the end of fitting (and every ``every_n_epochs`` if set) it writes
-    ``reports/label_suspects.csv`` (flagged samples, most suspect first: path, given and
-    suggested label, score and each component) and ``reports/label_scores.csv`` (every
+    ``reports/label_suspects.csv`` (the images the data audit found filed under two labels first,
+    then the flagged samples, most suspect first: path, given and suggested label, score and
+    each component) and ``reports/label_scores.csv`` (every
     training sample), and logs a gallery of the top suspects and the data map.
 
     Args:
@@ -314,7 +211,7 @@ class LabelSuspects(OutputsReader):
             return [round(v, 5) if isinstance(v, float) else v for v in (r[k] for k in SCORE_HEADER)]
 
         folder.write_csv("label_scores.csv", SCORE_HEADER, [as_row(r) for r in rows if r["split"] == "train"])
-        suspects = [r for r in rows if r["flagged"]]
+        suspects = conflicts_first(trainer, rows)
         folder.write_csv("label_suspects.csv", SCORE_HEADER, [as_row(r) for r in suspects])
         n_train = sum(r["split"] == "train" for r in suspects)
         text = (
@@ -406,3 +303,42 @@ class LabelSuspects(OutputsReader):
             self._pending_state = state_dict
         else:
             self.dynamics.load_state_dict(state_dict)
+
+
+def conflicts_first(trainer: Trainer, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The flagged rows, after every image the run's data audit found filed under two labels
+    (``reports/audit/conflicting_labels.csv``): the same picture with two labels is a certain label
+    error, so those come first (``method = conflicting_labels``, ``score = 1``), each group with
+    one suggested label (:func:`data_audit.conflict_suggestions`), so relabelling by the
+    suggestions makes the copies agree."""
+    from data_audit import conflict_suggestions, read_audit
+
+    suspects = [r for r in rows if r["flagged"]]
+    tables = read_audit(RunFolder.of(trainer).reports / "audit")
+    if tables is None or tables.conflicts.empty:
+        return suspects
+    samples = trainer.datamodule.samples
+    position = {s.path: (split, i) for split, group in samples.items() for i, s in enumerate(group)}
+    known = {r["path"]: r for r in rows}
+    # What the model predicts: the strongest other class where it contradicts the label, else the label.
+    predicted = {r["path"]: r["suggested_label"] if r["wrong_last_epoch"] else r["given_label"] for r in rows}
+    suggestion = conflict_suggestions(tables.conflicts, predicted)
+    first = []
+    for conflict in tables.conflicts.itertuples(index=False):
+        if conflict.path not in position:
+            continue
+        split, index = position[conflict.path]
+        row = dict(known.get(conflict.path) or dict.fromkeys(SCORE_HEADER, ""))
+        row.update(
+            split=split,
+            index=index,
+            path=conflict.path,
+            given_label=conflict.label,
+            suggested_label=suggestion[conflict.path],
+            score=1.0,
+            flagged=True,
+            method="conflicting_labels",
+        )
+        first.append(row)
+    listed = {r["path"] for r in first}
+    return first + [r for r in suspects if r["path"] not in listed]

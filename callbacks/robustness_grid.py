@@ -15,8 +15,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.epoch_outputs import stratified_subset
 from callbacks.outputs_reader import check_datamodule
-from callbacks.sample_outputs import stratified_subset
 from datamodules.corruptions import CorruptionSuite
 from evaluation.figures import figure_to_array
 from evaluation.robustness import (

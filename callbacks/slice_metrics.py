@@ -11,8 +11,8 @@ from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.epoch_outputs import EpochOutputs
 from callbacks.review import REVIEW_SPLITS, SplitReview
-from callbacks.sample_outputs import EpochOutputs
 from evaluation.figures import figure_to_array
 from evaluation.shortcuts import SHORTCUT_COLUMNS, shortcut_check
 from evaluation.slice_properties import PROPERTY_COLUMNS, image_property_table

@@ -93,6 +93,10 @@ class AuditFindings:
             "images_in_duplicate_groups": len(self.duplicates),
             "redundant_copies": int((~self.duplicates["keep"].astype(bool)).sum()) if not self.duplicates.empty else 0,
             "pairs_by_method": {m: int(n) for m, n in self.pairs["method"].value_counts().items()},
+            # Near duplicates no pixel digest or hash linked: what only the embeddings (full mode) found.
+            "images_linked_only_by_embeddings": int((self.duplicates["method"] == "embedding").sum())
+            if not self.duplicates.empty
+            else 0,
             "leaked_images": len(self.leakage),
             "conflicting_label_groups": int(self.conflicts["group_id"].nunique()) if not self.conflicts.empty else 0,
             "images_with_conflicting_labels": len(self.conflicts),

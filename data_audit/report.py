@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from data_audit.audit import AuditFindings
-from data_audit.quality import FLAGS, SCORE_MEANING
+from data_audit.quality import SCORE_MEANING
 from data_audit.selections import conflicting_paths, leaked_paths, redundant_paths
 
 FILES = {
@@ -97,25 +97,91 @@ def audit_summary(findings: AuditFindings) -> dict[str, Any]:
     )
 
 
-def audit_markdown(findings: AuditFindings, report_dir: str | os.PathLike = "<run>/reports/audit") -> str:
+def finding_rows(findings: AuditFindings, *, all_flags: bool = True) -> list[tuple[str, str, str]]:
+    """``(finding, count, file)`` rows: the table of ``audit.md`` and of ``audit.py``'s printout.
+
+    Args:
+        findings: the audit's findings.
+        all_flags: one row per quality flag; False leaves out the flags no image raised.
+    """
+    c = findings.counts()
+    rows = [
+        (
+            f"duplicate groups (exact: {c['exact_duplicate_groups']})",
+            f"{c['duplicate_groups']} ({c['redundant_copies']} redundant copies)",
+            FILES["duplicates"],
+        ),
+    ]
+    if findings.mode == "full":
+        rows.append(
+            (
+                "- images linked only by embeddings",
+                str(c["images_linked_only_by_embeddings"]),
+                f"{FILES['duplicates']} (method = embedding)",
+            )
+        )
+    rows += [
+        ("val/test images leaked from an earlier split", str(c["leaked_images"]), FILES["leakage"]),
+        (
+            "groups with conflicting labels",
+            f"{c['conflicting_label_groups']} ({c['images_with_conflicting_labels']} images)",
+            FILES["conflicting_labels"],
+        ),
+        ("images with a quality flag", str(c["images_with_any_quality_flag"]), FILES["quality"]),
+    ]
+    rows += [(f"- {name}", str(n), "") for name, n in c["quality_flagged"].items() if all_flags or n]
+    rows.append(("unreadable files", str(c["unreadable"]), FILES["unreadable"]))
+    return rows
+
+
+def next_step(
+    findings: AuditFindings, report_dir: str | os.PathLike, train_command: str = "python train.py ..."
+) -> tuple[str, str | None]:
+    """What to do next: ``(advice, command)``; the command is None when there is nothing to run.
+
+    Args:
+        findings: the audit's findings.
+        report_dir: where the report files are (named in the command).
+        train_command: the training command the data options are given to, e.g.
+            ``python train.py data=folder data.root=~/shots``.
+    """
+    c = findings.counts()
+    folder = str(report_dir).rstrip("/")
+    if not c["audited"]:
+        return "No image could be read, so there is nothing else to report.", None
+    if c["leaked_images"] or c["redundant_copies"] or c["images_with_conflicting_labels"]:
+        return (
+            "Look at the groups first (duplicates.csv, conflicting_labels.csv), then train without the copies, "
+            f"the leaked images and the conflicting labels (or only make the metrics honest: "
+            f"data.exclude={folder}/{FILES['leakage']}):",
+            f"{train_command} data.exclude={folder}/{FILES['suggested_exclude']}",
+        )
+    if c["images_with_any_quality_flag"]:
+        return (
+            "No duplicates or leakage. Look at the flagged images; to leave them all out:",
+            f"{train_command} data.exclude={folder}/{FILES['quality']}",
+        )
+    return "Nothing to act on: train as planned.", train_command
+
+
+def audit_markdown(
+    findings: AuditFindings,
+    report_dir: str | os.PathLike = "<run>/reports/audit",
+    train_command: str = "python train.py ...",
+) -> str:
     """A short human summary: what was found, and the next command to run."""
     c = findings.counts()
     b = findings.balance
     lines = [
         "# Data audit",
         "",
-        f"{c['found']} images found: {c['audited']} audited, {c['unreadable']} unreadable ({FILES['unreadable']}).",
+        f"{c['found']} images found: {c['audited']} audited, {c['unreadable']} unreadable ({FILES['unreadable']}); "
+        f"mode {findings.mode}.",
         "",
         "| finding | count | file |",
         "|---|---|---|",
-        f"| duplicate groups (exact: {c['exact_duplicate_groups']}) | {c['duplicate_groups']} "
-        f"({c['redundant_copies']} redundant copies) | {FILES['duplicates']} |",
-        f"| val/test images leaked from an earlier split | {c['leaked_images']} | {FILES['leakage']} |",
-        f"| groups with conflicting labels | {c['conflicting_label_groups']} "
-        f"({c['images_with_conflicting_labels']} images) | {FILES['conflicting_labels']} |",
-        f"| images with a quality flag | {c['images_with_any_quality_flag']} | {FILES['quality']} |",
+        *[f"| {finding} | {count} | {file} |" for finding, count, file in finding_rows(findings)],
     ]
-    lines += [f"| - {name} | {c['quality_flagged'][name]} | |" for name in FLAGS]
     if b.classes:
         accuracy = ", ".join(f"{s} {a:.1%}" for s, a in b.majority_accuracy.items() if a == a)
         lines += [
@@ -125,7 +191,6 @@ def audit_markdown(findings: AuditFindings, report_dir: str | os.PathLike = "<ru
         ]
     if findings.notes:
         lines += ["", *[f"- {note}" for note in findings.notes]]
-    folder = str(report_dir).rstrip("/")
     lines += ["", "## Next", ""]
     if c["unreadable"]:
         lines += [
@@ -133,30 +198,20 @@ def audit_markdown(findings: AuditFindings, report_dir: str | os.PathLike = "<ru
             "(the run leaves them out either way).",
             "",
         ]
-    if not c["audited"]:
-        lines += ["No image could be read, so there is nothing else to report."]
-    elif c["leaked_images"] or c["redundant_copies"] or c["images_with_conflicting_labels"]:
-        lines += [
-            "Look at the groups first (duplicates.csv, conflicting_labels.csv), then train without the copies, "
-            "the leaked images and the conflicting labels:",
-            "",
-            f"    python train.py ... data.exclude={folder}/{FILES['suggested_exclude']}",
-            "",
-            f"or only make the metrics honest: `data.exclude={folder}/{FILES['leakage']}`.",
-        ]
-    elif c["images_with_any_quality_flag"]:
-        lines += [
-            "No duplicates or leakage. Look at the flagged images; to leave them all out:",
-            "",
-            f"    python train.py ... data.exclude={folder}/{FILES['quality']}",
-        ]
-    else:
-        lines += ["Nothing to act on: train as planned (`python train.py ...`)."]
+    advice, command = next_step(findings, report_dir, train_command)
+    lines.append(advice)
+    if command:
+        lines += ["", f"    {command}"]
     return "\n".join(lines) + "\n"
 
 
-def write_audit(findings: AuditFindings, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Writes every file of :data:`FILES` under ``out_dir`` (atomically); returns their paths by key."""
+def write_audit(
+    findings: AuditFindings, out_dir: str | os.PathLike, train_command: str = "python train.py ..."
+) -> dict[str, Path]:
+    """Writes every file of :data:`FILES` under ``out_dir`` (atomically); returns their paths by key.
+
+    ``train_command`` is the training command the next-step advice of ``audit.md`` extends.
+    """
     out = Path(out_dir)
     quality = findings.quality
     flagged = quality[quality["flags"] != ""] if not quality.empty else quality
@@ -174,5 +229,5 @@ def write_audit(findings: AuditFindings, out_dir: str | os.PathLike) -> dict[str
     for key, frame in tables.items():
         _write_csv(paths[key], frame)
     _atomic_write(paths["json"], json.dumps(audit_summary(findings), indent=2) + "\n")
-    _atomic_write(paths["markdown"], audit_markdown(findings, out))
+    _atomic_write(paths["markdown"], audit_markdown(findings, out, train_command))
     return paths

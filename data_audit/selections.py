@@ -1,19 +1,27 @@
 """What callers take from the findings: paths to drop, a pass/fail check, and images to show.
 
 These are the functions the training run, the ``audit.py`` command and the TensorBoard
-galleries call; they only read an :class:`~data_audit.audit.AuditFindings`.
+galleries call; they only read the tables of an :class:`~data_audit.audit.AuditFindings`, or of
+the same findings read back from the report files (:class:`~data_audit.saved.AuditTables`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from data_audit.audit import AuditFindings
 from data_audit.quality import FLAGS
+
+if TYPE_CHECKING:
+    from data_audit.saved import AuditTables
+
+    Findings = AuditFindings | AuditTables
 
 FAIL_KINDS = ("leakage", "conflicting_labels", "duplicates", "exact_duplicates", "unreadable", *FLAGS)
 """What ``audit.fail_on`` may list: the finding kinds, and each quality flag by name."""
@@ -22,24 +30,24 @@ FAIL_KINDS = ("leakage", "conflicting_labels", "duplicates", "exact_duplicates",
 _HIGH_IS_WORSE = {"bright", "odd_aspect_ratio"}
 
 
-def leaked_paths(findings: AuditFindings, splits: Iterable[str] = ("val", "test")) -> list[str]:
+def leaked_paths(findings: Findings, splits: Iterable[str] = ("val", "test")) -> list[str]:
     """Val/test images with a twin in an earlier split: drop them and the metrics are honest."""
     splits = set(splits)
     return findings.leakage.loc[findings.leakage["split"].isin(splits), "path"].tolist()
 
 
-def conflicting_paths(findings: AuditFindings) -> list[str]:
+def conflicting_paths(findings: Findings) -> list[str]:
     """Every image of a duplicate group that carries more than one label (a certain label error)."""
     return findings.conflicts["path"].tolist()
 
 
-def redundant_paths(findings: AuditFindings) -> list[str]:
+def redundant_paths(findings: Findings) -> list[str]:
     """Every duplicate except the one kept per group (the first in display order)."""
     duplicates = findings.duplicates
     return duplicates.loc[~duplicates["keep"].astype(bool), "path"].tolist()
 
 
-def _paths_of(findings: AuditFindings, kind: str) -> list[str]:
+def _paths_of(findings: Findings, kind: str) -> list[str]:
     if kind == "leakage":
         return findings.leakage["path"].tolist()
     if kind == "conflicting_labels":
@@ -54,7 +62,7 @@ def _paths_of(findings: AuditFindings, kind: str) -> list[str]:
     return findings.quality.loc[findings.quality[kind].astype(bool), "path"].tolist()
 
 
-def fail_on_check(findings: AuditFindings, kinds: Iterable[str], *, show: int = 20) -> str | None:
+def fail_on_check(findings: Findings, kinds: Iterable[str], *, show: int = 20) -> str | None:
     """Returns the error message for ``audit.fail_on``, or None when none of ``kinds`` was found.
 
     Args:
@@ -105,7 +113,7 @@ class DuplicateGroup:
         return len({s for s in self.splits if s}) > 1
 
 
-def duplicate_groups(findings: AuditFindings, max_groups: int | None = None) -> list[DuplicateGroup]:
+def duplicate_groups(findings: Findings, max_groups: int | None = None) -> list[DuplicateGroup]:
     """The duplicate groups, largest first, each in display order."""
     groups = []
     for group_id, group in findings.duplicates.groupby("group_id", sort=True):
@@ -136,7 +144,7 @@ class LeakedPair:
     distance: float
 
 
-def leaked_pairs(findings: AuditFindings, max_pairs: int | None = None) -> list[LeakedPair]:
+def leaked_pairs(findings: Findings, max_pairs: int | None = None) -> list[LeakedPair]:
     """Leaked images with their twins, in group order."""
     rows = findings.leakage if max_pairs is None else findings.leakage.head(max_pairs)
     return [
@@ -145,7 +153,7 @@ def leaked_pairs(findings: AuditFindings, max_pairs: int | None = None) -> list[
     ]
 
 
-def quality_outliers(findings: AuditFindings, flag: str, limit: int | None = None) -> pd.DataFrame:
+def quality_outliers(findings: Findings, flag: str, limit: int | None = None) -> pd.DataFrame:
     """The images raising ``flag``, worst first: ``path``, ``split``, ``label``, ``score``.
 
     Raises:
@@ -170,3 +178,26 @@ def class_samples(findings: AuditFindings, per_class: int = 8, seed: int = 0) ->
         chosen = rng.choice(len(paths), size=min(per_class, len(paths)), replace=False)
         out[str(label)] = paths[np.sort(chosen)].tolist()
     return out
+
+
+def conflict_suggestions(conflicts: pd.DataFrame, predicted: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The label to suggest for every image of a group with conflicting labels (``conflicting_labels.csv``).
+
+    One label per group, so that relabelling by the suggestions makes the copies agree instead
+    of swapping their labels: the group's majority label; on a tie, the label the model predicts
+    for most of the group's images (among the group's labels); then the first in sorted order.
+
+    Args:
+        conflicts: the conflict table (``group_id``, ``path``, ``label``).
+        predicted: ``{path: predicted label}`` where the model's prediction is known.
+    """
+    suggestions: dict[str, str] = {}
+    for _, group in conflicts.groupby("group_id", sort=True):
+        counts = group["label"].astype(str).value_counts()
+        tied = sorted(counts.index[counts == counts.max()])
+        votes = Counter(predicted[p] for p in group["path"] if predicted and predicted.get(p) in tied)
+        if len(tied) > 1 and votes:
+            most = max(votes.values())
+            tied = [label for label in tied if votes.get(label, 0) == most]
+        suggestions.update({path: tied[0] for path in group["path"]})
+    return suggestions

@@ -7,11 +7,11 @@ with the run (``<run>/catalogue.json``). DDP ranks, evaluation, the audit and pr
 saved catalogue instead of listing again, so they see exactly the same samples.
 
 Every sample has a stable ``index``: its position in its split. Nothing here imports Lightning.
+(Some 320 lines, most of them ``build``: one function reads as the order in which a run's data is made.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +21,9 @@ import numpy as np
 
 from datamodules.image_io import scan_images
 from datamodules.label_edits import exclude_samples, inject_label_noise, relabel_samples
-from datamodules.sources import (
-    SPLITS,
-    DataError,
-    Sample,
-    builtin_digits,
-    csv_samples,
-    folder_samples,
-    unlabelled_samples,
-)
-from datamodules.splits import assign_splits, fold_of_each
-from runs import files
+from datamodules.manifests import csv_samples, unlabelled_samples
+from datamodules.sources import SPLITS, DataError, Sample, builtin_digits, folder_samples
+from datamodules.splits import assign_missing_splits, class_names_of, fold_of_each
 
 SOURCES = ("builtin", "folder", "csv", "run")
 HELDOUT = "heldout"  # the fold a K-fold job predicts but does not train on
@@ -180,11 +172,11 @@ class Catalogue:
                 f"no readable images in {data_root}: {found} found, {len(excluded)} excluded, "
                 f"{len(unreadable)} unreadable (listed in reports/unreadable.csv)."
             )
-        carved = _assign_missing_splits(readable, val_fraction, test_fraction, split_seed, data_root)
+        carved = assign_missing_splits(readable, val_fraction, test_fraction, split_seed, data_root)
         if relabel:  # over every listed sample, so a relabel of an unreadable file is not "unknown"
             relabelled = relabel_samples(samples, relabel, base=data_root)
         by_split = {split: [s for s in readable if s.split == split] for split in SPLITS}
-        class_names = _class_names(by_split, data_root)
+        class_names = class_names_of(by_split, data_root)
 
         flips = inject_label_noise(
             by_split["train"], class_names, fraction=label_noise, kind=label_noise_type, seed=split_seed
@@ -283,31 +275,9 @@ class Catalogue:
     # ------------------------------------------------------------------ saving
     def save(self, path: str | os.PathLike) -> None:
         """Writes the catalogue as one JSON file (atomically): what DDP ranks, eval and predict load."""
-        meta_keys = sorted({k for group in self.splits.values() for s in group for k in s.meta})
-        data = {
-            "format": FORMAT,
-            "version": VERSION,
-            "source": self.source,
-            "location": self.location,
-            "class_names": self.class_names,
-            "num_folds": self.num_folds,
-            "fold": self.fold,
-            "summary": self.summary,
-            "meta_columns": meta_keys,
-            "splits": {
-                split: {
-                    "path": [s.path for s in group],
-                    "label": [s.label for s in group],
-                    "meta": [[s.meta.get(k, "") for k in meta_keys] for s in group],
-                }
-                for split, group in self.splits.items()
-            },
-            "unreadable": self.unreadable,
-            "excluded": self.excluded,
-            "relabelled": self.relabelled,
-            "injected_noise": self.injected_noise,
-        }
-        files.write_text(path, json.dumps(data) + "\n")
+        from datamodules.catalogue_file import save
+
+        save(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Catalogue:
@@ -316,46 +286,9 @@ class Catalogue:
         Raises:
             DataError: the file is missing or not a lookout catalogue.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(
-                f"{path} does not exist: that run folder has no saved samples (a run of an older version, or not "
-                "a run folder). Give the data options instead, e.g. data=folder data.root=DIR."
-            )
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") != FORMAT or data.get("version") != VERSION:
-                raise ValueError(f"format {data.get('format')!r} version {data.get('version')!r}")
-            meta_keys = _strings(data["meta_columns"])
-            splits = {}
-            for split, columns in data["splits"].items():
-                paths, labels = _strings(columns["path"]), columns["label"]
-                if len(labels) != len(paths) or len(columns["meta"]) != len(paths):
-                    raise ValueError(f"split {split!r}: columns of different lengths")
-                splits[str(split)] = [
-                    Sample(
-                        p,
-                        None if label is None else str(label),
-                        str(split),
-                        dict(zip(meta_keys, _strings(m), strict=True)),
-                    )
-                    for p, label, m in zip(paths, labels, columns["meta"], strict=True)
-                ]
-            return cls(
-                source=str(data["source"]),
-                location=str(data["location"]),
-                class_names=_strings(data["class_names"]),
-                splits=splits,
-                summary=dict(data["summary"]),
-                unreadable=list(data.get("unreadable", [])),
-                excluded=list(data.get("excluded", [])),
-                relabelled=list(data.get("relabelled", [])),
-                injected_noise=list(data.get("injected_noise", [])),
-                num_folds=int(data.get("num_folds", 0)),
-                fold=int(data.get("fold", 0)),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise DataError(f"{path} is not a lookout sample catalogue ({err}).") from None
+        from datamodules.catalogue_file import load
+
+        return load(path)
 
     def write_reports(self, folder) -> None:
         """The human-facing data reports of a :class:`runs.folder.RunFolder`: classes.json,
@@ -389,50 +322,3 @@ class Catalogue:
 def summary_counts_add_up(summary: dict[str, Any]) -> bool:
     """found == excluded + unreadable + used (all splits, the held-out fold included)."""
     return summary["found"] == summary["excluded_by_user"] + summary["unreadable"] + sum(summary["used"].values())
-
-
-def _assign_missing_splits(samples: list[Sample], val_fraction, test_fraction, seed, root) -> int:
-    """Splits samples that have none; carves validation from train when a source gives train but no val.
-
-    Returns the number of validation samples carved from train (0 when the source had val).
-    """
-    if all(s.split is None for s in samples):
-        # By the labels as found: a relabelled image keeps its split and moves no other image.
-        assign_splits(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, root=root)
-        return 0
-    if any(s.split == "val" for s in samples):
-        return 0
-    train = [s for s in samples if s.split == "train"]
-    if not train:
-        return 0
-    assign_splits(train, val_fraction=val_fraction, test_fraction=0.0, seed=seed, root=root)
-    return sum(s.split == "val" for s in train)
-
-
-def _class_names(by_split: dict[str, list[Sample]], data_root: Path) -> list[str]:
-    if not by_split["train"]:
-        raise DataError(f"no readable training images in {data_root}.")
-    if not by_split["val"]:
-        raise DataError(f"no readable validation images in {data_root}: add a val split.")
-    names = sorted({s.label for s in by_split["train"]})
-    if len(names) < 2:
-        raise DataError(
-            f"{data_root} has only one class ({names[0]!r}): a classifier needs at least two. "
-            "Add a folder (or manifest label) for each other class."
-        )
-    known = set(names)
-    for split in ("val", "test"):
-        unseen = sorted({s.label for s in by_split[split]} - known)
-        if unseen:
-            example = next(s.path for s in by_split[split] if s.label == unseen[0])
-            raise DataError(
-                f"the {split} split has label(s) {unseen} that no training image has (e.g. {example}). "
-                "A model cannot learn a class it never sees: add training images of it or drop them."
-            )
-    return names
-
-
-def _strings(values: Any) -> list[str]:
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ValueError("expected a list of strings")
-    return list(values)

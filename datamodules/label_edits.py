@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.sources import DataError, Sample, read_table, resolve_listed_path
+from datamodules.manifests import read_table
+from datamodules.sources import DataError, Sample, resolve_listed_path
 
 NOISE_TYPES = ("uniform", "class_pair")
 

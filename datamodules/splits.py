@@ -75,3 +75,44 @@ def fold_of_each(labels: list[int], *, num_folds: int, seed: int) -> np.ndarray:
     for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         folds[held_out] = fold
     return folds
+
+
+def assign_missing_splits(samples: list[Sample], val_fraction, test_fraction, seed, root) -> int:
+    """Splits samples that have none; carves validation from train when a source gives train but no val.
+
+    Returns the number of validation samples carved from train (0 when the source had val).
+    """
+    if all(s.split is None for s in samples):
+        # By the labels as found: a relabelled image keeps its split and moves no other image.
+        assign_splits(samples, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, root=root)
+        return 0
+    if any(s.split == "val" for s in samples):
+        return 0
+    train = [s for s in samples if s.split == "train"]
+    if not train:
+        return 0
+    assign_splits(train, val_fraction=val_fraction, test_fraction=0.0, seed=seed, root=root)
+    return sum(s.split == "val" for s in train)
+
+
+def class_names_of(by_split: dict[str, list[Sample]], data_root: Path) -> list[str]:
+    if not by_split["train"]:
+        raise DataError(f"no readable training images in {data_root}.")
+    if not by_split["val"]:
+        raise DataError(f"no readable validation images in {data_root}: add a val split.")
+    names = sorted({s.label for s in by_split["train"]})
+    if len(names) < 2:
+        raise DataError(
+            f"{data_root} has only one class ({names[0]!r}): a classifier needs at least two. "
+            "Add a folder (or manifest label) for each other class."
+        )
+    known = set(names)
+    for split in ("val", "test"):
+        unseen = sorted({s.label for s in by_split[split]} - known)
+        if unseen:
+            example = next(s.path for s in by_split[split] if s.label == unseen[0])
+            raise DataError(
+                f"the {split} split has label(s) {unseen} that no training image has (e.g. {example}). "
+                "A model cannot learn a class it never sees: add training images of it or drop them."
+            )
+    return names

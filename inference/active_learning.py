@@ -27,22 +27,24 @@ here because no kept library offers it on precomputed embeddings, and it is ten 
 
 ``label_next.csv`` columns: ``rank`` (1 = label first), ``path``, ``uncertainty``,
 ``distance`` (cosine, to the training images and the images ranked before it, when it was
-picked; blank when there was nothing to compare with), ``predicted_label``, ``reason``. The
-file is for the people who label, so the model's guess is given for every class, blocked ones
-included.
+picked; blank when there was nothing to compare with), ``predicted_label``, ``reason``.
+Blocked classes (``predict.blocked_classes``) are never named here either: a row whose most
+likely class is blocked has no predicted label, and a blocked runner-up is called "a blocked
+class" in the reason. Such images are still ranked like any other: the model's uncertainty is
+over every class.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from inference.familiarity import FamiliarityIndex, normalize
-from inference.files import format_float, write_csv
+from runs.files import format_float, write_csv
 
 UNCERTAINTY_METHODS = ("margin", "entropy")
 HEADER = ("rank", "path", "uncertainty", "distance", "predicted_label", "reason")
@@ -148,6 +150,7 @@ def write_label_next(
     class_names: Sequence[str],
     *,
     method: str = "margin",
+    blocked_classes: Collection[str] = (),
 ) -> None:
     """Writes ``label_next.csv`` (columns in the module docstring), one row per image, label-first first."""
     if len(paths) != len(ranking.order):
@@ -155,10 +158,15 @@ def write_label_next(
     probs = np.asarray(probabilities)
     top2 = np.argsort(-probs, axis=1, kind="stable")[:, :2]
     rows = []
+    blocked = set(blocked_classes)
+
+    def shown(name: str) -> str:
+        return "a blocked class" if name in blocked else repr(name)
+
     for rank, i in enumerate(ranking.order, start=1):
         first, second = class_names[top2[i, 0]], class_names[top2[i, 1]]
         unsure = (
-            f"margin {probs[i, top2[i, 0]] - probs[i, top2[i, 1]]:.3f} between {first!r} and {second!r}"
+            f"margin {probs[i, top2[i, 0]] - probs[i, top2[i, 1]]:.3f} between {shown(first)} and {shown(second)}"
             if method == "margin"
             else f"normalised entropy {ranking.uncertainty[i]:.3f}"
         )
@@ -178,7 +186,7 @@ def write_label_next(
                 paths[i],
                 format_float(ranking.uncertainty[i]),
                 "" if math.isinf(d) else format_float(d),
-                first,
+                "" if first in blocked else first,
                 f"{unsure}; {where}{tail}",
             ]
         )

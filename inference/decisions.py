@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference.files import format_float, write_csv
+from runs.files import format_float, write_csv
 
 LABEL, ABSTAIN, WITHHELD = "label", "abstain", "withheld"
 DECISIONS = (LABEL, ABSTAIN, WITHHELD)
@@ -235,21 +235,14 @@ def prediction_header(top_k: int) -> list[str]:
     return ["path", "decision", "label", "confidence", *ranked, "distance", "unfamiliar", "reason"]
 
 
-def write_predictions(
-    path: str | os.PathLike,
+def prediction_rows(
     paths: Sequence[str],
     decisions: Decisions,
     *,
     distance: np.ndarray | None = None,
     unfamiliar: np.ndarray | None = None,
-) -> None:
-    """Writes ``predictions.csv``: one row per image, in the order given.
-
-    Columns: ``path``; ``decision`` (label / abstain / withheld); ``label`` (blank unless
-    emitted); ``confidence``; ``class_r``/``probability_r`` for the top-k allowed classes
-    (blank when withheld); ``distance`` to the training data and ``unfamiliar`` (blank without
-    an index); ``reason``.
-    """
+) -> list[list]:
+    """The rows of ``predictions.csv`` for ``paths`` (columns in :func:`write_predictions`), in the order given."""
     if len(paths) != len(decisions):
         raise ValueError(f"{len(paths)} paths for {len(decisions)} decisions")
     k = decisions.top_classes.shape[1]
@@ -270,4 +263,24 @@ def write_predictions(
                 decisions.reason[i],
             ]
         )
-    write_csv(path, prediction_header(k), rows)
+    return rows
+
+
+def write_predictions(
+    path: str | os.PathLike,
+    paths: Sequence[str],
+    decisions: Decisions,
+    *,
+    distance: np.ndarray | None = None,
+    unfamiliar: np.ndarray | None = None,
+) -> None:
+    """Writes ``predictions.csv``: one row per image, in the order given.
+
+    Columns: ``path``; ``decision`` (label / abstain / withheld); ``label`` (blank unless
+    emitted); ``confidence``; ``class_r``/``probability_r`` for the top-k allowed classes
+    (blank when withheld); ``distance`` to the training data and ``unfamiliar`` (blank without
+    an index); ``reason``. ``predict.py`` streams the same rows batch by batch
+    (:func:`prediction_rows`).
+    """
+    rows = prediction_rows(paths, decisions, distance=distance, unfamiliar=unfamiliar)
+    write_csv(path, prediction_header(decisions.top_classes.shape[1]), rows)

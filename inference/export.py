@@ -1,9 +1,12 @@
 """Exporting a classifier to ONNX or TorchScript, and running the exported file.
 
 The model is any ``nn.Module`` that takes normalised ``N x 3 x H x W`` float images and
-returns ``N x C`` logits (a lookout checkpoint's ``.backbone``, a timm model). Next to the
-model file goes its JSON sidecar (:mod:`inference.sidecar`): classes, preprocessing,
-temperature, thresholds, blocked classes.
+returns ``N x C`` logits (a lookout checkpoint's ``.backbone``, a timm model). With
+``embedding=True`` a timm model is exported with a second output, its pooled embedding from the
+same pass (:class:`LogitsAndEmbedding`), so the exported model can flag unfamiliar inputs and rank
+images to label next like the checkpoint. Next to the model file goes its JSON sidecar
+(:mod:`inference.sidecar`): classes, preprocessing, temperature, thresholds, blocked classes, and
+the unfamiliar-input index (a folder beside the sidecar) when one is given.
 
 - ONNX: ``torch.onnx.export(..., dynamo=True)``, the ``torch.export``-based exporter that is
   torch's default (the TorchScript-based one is deprecated and warns so); it needs
@@ -20,6 +23,7 @@ files you exported yourself or trust.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,17 +33,11 @@ import numpy as np
 import torch
 from scipy.special import softmax
 
-from inference.sidecar import (
-    MODEL_FORMATS,
-    Preprocessing,
-    Sidecar,
-    SidecarError,
-    read_sidecar,
-    sidecar_path,
-    write_sidecar,
-)
+from datamodules.transforms import Preprocessing
+from inference.familiarity import FamiliarityIndex
+from inference.sidecar import MODEL_FORMATS, Sidecar, SidecarError, read_sidecar, sidecar_path, write_sidecar
 
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
+INPUT_NAME, OUTPUT_NAME, EMBEDDING_NAME = "images", "logits", "embedding"
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 # Two example images: torch.export specialises a dimension of size 1 and would fix the batch at 1.
 _EXAMPLE_BATCH = 2
@@ -47,6 +45,23 @@ _EXAMPLE_BATCH = 2
 
 def _example(input_size: Sequence[int]) -> torch.Tensor:
     return torch.zeros(_EXAMPLE_BATCH, *input_size)
+
+
+class LogitsAndEmbedding(torch.nn.Module):
+    """A timm classifier that returns its logits and its pooled embedding from one pass, as
+    :meth:`models.classifier.ImageClassifier.forward_with_embedding` does.
+
+    Args:
+        backbone: a timm model (``forward_features`` and ``forward_head``).
+    """
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone.forward_features(images)
+        return self.backbone.forward_head(features), self.backbone.forward_head(features, pre_logits=True)
 
 
 class _EvalMode:
@@ -65,10 +80,20 @@ class _EvalMode:
             m.training = flag
 
 
-def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, input_size: Sequence[int]) -> Path:
-    """Writes ``model`` as ONNX with a dynamic batch axis (input ``images``, output ``logits``); returns the path."""
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_size: Sequence[int],
+    output_names: Sequence[str] = (OUTPUT_NAME,),
+) -> Path:
+    """Writes ``model`` as ONNX with a dynamic batch axis (input ``images``, outputs ``output_names``); returns
+    the path. ``input_size`` is ``(channels, height, width)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The exporter's graph optimiser logs every pass at INFO, which Hydra's logging config would print.
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     batch = torch.export.Dim("batch", min=1)
     with _EvalMode(model) as module, torch.no_grad():
         program = torch.onnx.export(
@@ -76,7 +101,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, input_size: 
             (_example(input_size),),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(output_names),
             dynamic_shapes=({0: batch},),
             external_data=False,
             verbose=False,
@@ -85,8 +110,10 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, *, input_size: 
     return path
 
 
-def export_torchscript(model: torch.nn.Module, path: str | os.PathLike, *, input_size: Sequence[int]) -> Path:
-    """Writes ``model`` traced as TorchScript; returns the path."""
+def export_torchscript(
+    model: torch.nn.Module, path: str | os.PathLike, *, input_size: Sequence[int], output_names: Sequence[str] = ()
+) -> Path:
+    """Writes ``model`` traced as TorchScript; returns the path (outputs are positional: ``output_names`` unused)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _EvalMode(model) as module, torch.no_grad(), warnings.catch_warnings():
@@ -108,6 +135,8 @@ def export_classifier(
     thresholds: Mapping[str, float] | None = None,
     blocked_classes: Sequence[str] = (),
     source_checkpoint: str = "",
+    embedding: bool = False,
+    familiarity: FamiliarityIndex | None = None,
 ) -> Sidecar:
     """Exports ``model`` to ``path`` and writes the sidecar beside it (``<path>.json``).
 
@@ -121,6 +150,9 @@ def export_classifier(
         thresholds: per-class thresholds (``math.inf``: never emitted).
         blocked_classes: classes never to emit.
         source_checkpoint: the checkpoint the model came from, for the record.
+        embedding: export a timm ``model`` with its pooled embedding as a second output.
+        familiarity: the unfamiliar-input index of the model's training run, saved beside the sidecar
+            (``<path>.familiarity/``); needs ``embedding``.
 
     Returns:
         The sidecar written.
@@ -140,10 +172,15 @@ def export_classifier(
         thresholds={str(k): float(v) for k, v in (thresholds or {}).items()},
         blocked_classes=tuple(blocked_classes),
         source_checkpoint=str(source_checkpoint),
+        outputs=(OUTPUT_NAME, EMBEDDING_NAME) if embedding else (OUTPUT_NAME,),
+        familiarity=f"{path.name}.familiarity" if familiarity is not None else None,
     )
     sidecar.validate(str(sidecar_path(path)))
     export = export_onnx if model_format == "onnx" else export_torchscript
-    export(model, path, input_size=preprocessing.input_size)
+    module = LogitsAndEmbedding(model) if embedding else model
+    export(module, path, input_size=sidecar.input_shape, output_names=sidecar.outputs)
+    if familiarity is not None:
+        familiarity.save(path.with_name(sidecar.familiarity))
     write_sidecar(sidecar_path(path), sidecar)
     return sidecar
 
@@ -193,17 +230,35 @@ class ExportedClassifier:
     def classes(self) -> tuple[str, ...]:
         return self.sidecar.classes
 
-    def logits(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``(N, C)`` float32 logits for normalised ``(N, 3, H, W)`` images at the sidecar's input size."""
+    @property
+    def has_embedding(self) -> bool:
+        return EMBEDDING_NAME in self.sidecar.outputs
+
+    def familiarity(self) -> FamiliarityIndex | None:
+        """The unfamiliar-input index saved beside the sidecar, or ``None`` when the export has none."""
+        if self.sidecar.familiarity is None:
+            return None
+        return FamiliarityIndex.load(self.path.with_name(self.sidecar.familiarity))
+
+    def outputs(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(N, C)`` float32 logits and the ``(N, D)`` embeddings (``None`` when the export has none) for
+        normalised ``(N, 3, H, W)`` images at the sidecar's input size."""
         batch = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        expected = tuple(self.sidecar.preprocessing.input_size)
+        expected = self.sidecar.input_shape
         if batch.ndim != 4 or batch.shape[1:] != expected:
             raise ValueError(f"images must be N x {' x '.join(map(str, expected))}, got {batch.shape}")
         if self.sidecar.model_format == "onnx":
-            return self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-        with torch.no_grad():
-            return self._module(torch.from_numpy(batch)).numpy()
+            found = self._session.run(list(self.sidecar.outputs), {INPUT_NAME: batch})
+        else:
+            with torch.no_grad():
+                out = self._module(torch.from_numpy(batch))
+            found = [t.numpy() for t in out] if isinstance(out, tuple | list) else [out.numpy()]
+        return found[0], (found[1] if len(found) > 1 else None)
+
+    def logits(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``(N, C)`` float32 logits for normalised ``(N, 3, H, W)`` images at the sidecar's input size."""
+        return self.outputs(images)[0]
 
     def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """``(N, C)`` calibrated probabilities: ``softmax(logits / temperature)``."""

@@ -72,6 +72,8 @@ class FamiliarityIndex:
         k: which neighbour's distance is the score (the ``k``-th nearest; capped at N).
         threshold: the distance beyond which an input is unfamiliar; set it with :meth:`calibrate`.
         quantile: the validation quantile the threshold came from (kept for the record).
+        info: plain values saved with the index, e.g. which checkpoint made the embeddings (``checkpoint``,
+            ``epoch``), so a user of the index can tell whether it fits the model at hand.
 
     Raises:
         ValueError: no embeddings, ``k < 1``, or non-finite values.
@@ -91,10 +93,13 @@ class FamiliarityIndex:
         k: int = DEFAULT_K,
         threshold: float | None = None,
         quantile: float | None = None,
+        info: dict[str, str | int | float] | None = None,
     ) -> None:
-        self._build(normalize(train_embeddings), k=k, threshold=threshold, quantile=quantile)
+        self._build(normalize(train_embeddings), k=k, threshold=threshold, quantile=quantile, info=info)
 
-    def _build(self, vectors: np.ndarray, *, k: int, threshold: float | None, quantile: float | None) -> None:
+    def _build(
+        self, vectors: np.ndarray, *, k: int, threshold: float | None, quantile: float | None, info: dict | None
+    ) -> None:
         if len(vectors) == 0:
             raise ValueError("the familiarity index needs at least one training embedding")
         if k < 1:
@@ -103,6 +108,7 @@ class FamiliarityIndex:
         self.k = min(int(k), len(vectors))
         self.threshold = threshold
         self.quantile = quantile
+        self.info = dict(info or {})
         self._index = faiss.IndexFlatIP(vectors.shape[1])
         self._index.add(vectors)
 
@@ -160,6 +166,7 @@ class FamiliarityIndex:
             "quantile": self.quantile,
             "count": len(self),
             "dim": self.dim,
+            "info": self.info,
         }
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
         return folder
@@ -184,6 +191,11 @@ class FamiliarityIndex:
         for name, value in (("threshold", threshold), ("quantile", quantile)):
             if value is not None and (not isinstance(value, int | float) or not math.isfinite(value)):
                 raise ValueError(f"{where}: {name} must be a number or null, got {value!r}")
+        info = settings.get("info", {})
+        if not isinstance(info, dict) or not all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in info.values()
+        ):
+            raise ValueError(f"{where}: info must be an object of plain strings and numbers, got {info!r}")
         if embeddings.dtype != np.float32 or embeddings.ndim != 2:
             raise ValueError(
                 f"{folder / EMBEDDINGS_FILE}: expected N x D float32, got {embeddings.dtype} {embeddings.shape}"
@@ -199,7 +211,7 @@ class FamiliarityIndex:
         # Already unit length: normalising again would move the values by a rounding step, and the
         # distances after a reload must be the ones before it.
         index = cls.__new__(cls)
-        index._build(np.ascontiguousarray(embeddings), k=k, threshold=threshold, quantile=quantile)
+        index._build(np.ascontiguousarray(embeddings), k=k, threshold=threshold, quantile=quantile, info=info)
         return index
 
 

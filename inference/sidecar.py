@@ -16,13 +16,18 @@ Format (``format_version`` 1)::
       "model_format": "onnx" | "torchscript",
       "model_file": "model.onnx",            # beside the sidecar; a file name, not a path
       "classes": ["cat", "dog"],             # in logit order
-      "preprocessing": {"input_size": [3, 224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
+      "preprocessing": {"input_size": [224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
       "temperature": 1.0,                    # probabilities = softmax(logits / temperature)
       "thresholds": {"cat": 0.62, "dog": null},   # null: never emitted; a class absent: no threshold
       "blocked_classes": [],
-      "source_checkpoint": "logs/train/runs/.../checkpoints/best.ckpt"
+      "source_checkpoint": "logs/train/runs/.../checkpoints/best.ckpt",
+      "outputs": ["logits", "embedding"],    # what the model returns, in order (optional; default logits)
+      "familiarity": "model.onnx.familiarity"  # folder beside it: the unfamiliar-input index (optional)
     }
+
+``preprocessing`` is :class:`datamodules.transforms.Preprocessing` as saved in checkpoints
+(input size in px as height, width; three RGB channels), checked by its own ``from_dict``.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datamodules.transforms import Preprocessing
+
 SIDECAR_VERSION = 1
 MODEL_FORMATS = ("onnx", "torchscript")
-# The names the data pipeline's eval transform accepts.
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+OUTPUTS = ("logits", "embedding")
+_OPTIONAL = {"source_checkpoint", "outputs", "familiarity"}
 _KEYS = {
     "format_version",
     "model_format",
@@ -49,6 +56,8 @@ _KEYS = {
     "thresholds",
     "blocked_classes",
     "source_checkpoint",
+    "outputs",
+    "familiarity",
 }
 _PREPROCESSING_KEYS = {"input_size", "crop_pct", "interpolation", "mean", "std"}
 
@@ -61,36 +70,6 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     """Where the sidecar of ``model_path`` lives: the same name plus ``.json``."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.name + ".json")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How images are prepared for the model: the eval resize, centre crop and normalisation.
-
-    Attributes:
-        input_size: ``(channels, height, width)`` of the model input.
-        crop_pct: fraction of the resized image kept by the centre crop (timm's ``crop_pct``).
-        interpolation: resampling filter name.
-        mean: per-channel mean subtracted after scaling pixels to [0, 1].
-        std: per-channel standard deviation divided by.
-    """
-
-    input_size: tuple[int, int, int]
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @classmethod
-    def from_data_config(cls, config: Mapping[str, Any]) -> Preprocessing:
-        """From a timm data config (``timm.data.resolve_model_data_config(model)``) or the run's data settings."""
-        return cls(
-            tuple(int(v) for v in config["input_size"]),
-            float(config["crop_pct"]),
-            str(config["interpolation"]),
-            tuple(float(v) for v in config["mean"]),
-            tuple(float(v) for v in config["std"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -109,26 +88,28 @@ class Sidecar:
     thresholds: Mapping[str, float] = field(default_factory=dict)
     blocked_classes: tuple[str, ...] = ()
     source_checkpoint: str = ""
+    outputs: tuple[str, ...] = ("logits",)
+    familiarity: str | None = None
     format_version: int = SIDECAR_VERSION
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one input image."""
+        return (3, *self.preprocessing.input_size)
+
     def to_json(self) -> dict[str, Any]:
-        p = self.preprocessing
         return {
             "format_version": self.format_version,
             "model_format": self.model_format,
             "model_file": self.model_file,
             "classes": list(self.classes),
-            "preprocessing": {
-                "input_size": list(p.input_size),
-                "crop_pct": p.crop_pct,
-                "interpolation": p.interpolation,
-                "mean": list(p.mean),
-                "std": list(p.std),
-            },
+            "preprocessing": self.preprocessing.as_dict(),
             "temperature": self.temperature,
             "thresholds": {k: (None if v == math.inf else v) for k, v in self.thresholds.items()},
             "blocked_classes": list(self.blocked_classes),
             "source_checkpoint": self.source_checkpoint,
+            "outputs": list(self.outputs),
+            "familiarity": self.familiarity,
         }
 
     @classmethod
@@ -160,18 +141,20 @@ class Sidecar:
             fail(f"model_file must be a file name beside the sidecar, got {self.model_file!r}")
         if not self.classes or len(set(self.classes)) != len(self.classes):
             fail(f"classes must be a non-empty list of distinct names, got {list(self.classes)}")
-        p = self.preprocessing
-        if len(p.input_size) != 3 or min(p.input_size) < 1:
-            fail(f"preprocessing.input_size must be [channels, height, width] > 0, got {list(p.input_size)}")
-        if not 0.0 < p.crop_pct <= 1.0:
-            fail(f"preprocessing.crop_pct must be in (0, 1], got {p.crop_pct}")
-        if p.interpolation not in INTERPOLATIONS:
-            fail(f"preprocessing.interpolation must be one of {INTERPOLATIONS}, got {p.interpolation!r}")
-        for name, values in (("mean", p.mean), ("std", p.std)):
-            if len(values) != p.input_size[0] or not all(math.isfinite(v) for v in values):
-                fail(f"preprocessing.{name} needs {p.input_size[0]} finite numbers, got {list(values)}")
-        if min(p.std) <= 0:
-            fail(f"preprocessing.std must be positive, got {list(p.std)}")
+        try:  # the one checker of preprocessing values, the same as for checkpoints
+            Preprocessing.from_dict(self.preprocessing.as_dict())
+        except (TypeError, ValueError) as err:
+            fail(f"preprocessing: {err}")
+        if not self.outputs or self.outputs[0] != "logits" or not set(self.outputs) <= set(OUTPUTS):
+            fail(f"outputs must be ['logits'] or ['logits', 'embedding'], got {list(self.outputs)}")
+        if len(set(self.outputs)) != len(self.outputs):
+            fail(f"outputs lists an output twice: {list(self.outputs)}")
+        if self.familiarity is not None and (
+            not self.familiarity or Path(self.familiarity).name != self.familiarity or self.familiarity in (".", "..")
+        ):
+            fail(f"familiarity must be a folder name beside the sidecar, got {self.familiarity!r}")
+        if self.familiarity is not None and "embedding" not in self.outputs:
+            fail("familiarity needs the model to return its embedding (outputs ['logits', 'embedding'])")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             fail(f"temperature must be a positive number, got {self.temperature}")
         unknown = sorted((set(self.thresholds) | set(self.blocked_classes)) - set(self.classes))
@@ -200,20 +183,27 @@ def _checked(data: Any, where: str) -> dict[str, Any]:
 
     if not isinstance(data, dict):
         fail(f"expected a JSON object, got {type(data).__name__}")
-    missing, unknown = sorted(_KEYS - {"source_checkpoint"} - set(data)), sorted(set(data) - _KEYS)
+    missing, unknown = sorted(_KEYS - _OPTIONAL - set(data)), sorted(set(data) - _KEYS)
     if missing or unknown:
         fail(f"missing fields {missing}, unknown fields {unknown}; expected {sorted(_KEYS)}")
     pre = data["preprocessing"]
     if not isinstance(pre, dict) or set(pre) != _PREPROCESSING_KEYS:
         fail(f"preprocessing must be an object with exactly {sorted(_PREPROCESSING_KEYS)}, got {pre!r}")
     size = pre["input_size"]
-    if not isinstance(size, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
-        fail(f"preprocessing.input_size must be a list of integers, got {size!r}")
+    if not isinstance(size, list) or len(size) != 2:
+        fail(f"preprocessing.input_size must be [height, width] in px, got {size!r}")
     for name in ("mean", "std"):
-        if not isinstance(pre[name], list):
+        if not isinstance(pre[name], list) or any(isinstance(v, bool) for v in pre[name]):
             fail(f"preprocessing.{name} must be a list of numbers, got {pre[name]!r}")
-    if not isinstance(pre["interpolation"], str):
-        fail(f"preprocessing.interpolation must be a string, got {pre['interpolation']!r}")
+    if not isinstance(pre["interpolation"], str) or isinstance(pre["crop_pct"], bool):
+        fail(f"preprocessing.interpolation must be a string and crop_pct a number, got {pre!r}")
+    try:
+        preprocessing = Preprocessing.from_dict(pre)
+    except (TypeError, ValueError) as err:
+        fail(f"preprocessing: {err}")
+    familiarity = data.get("familiarity")
+    if familiarity is not None and not isinstance(familiarity, str):
+        fail(f"familiarity must be a folder name or null, got {familiarity!r}")
     thresholds = data["thresholds"]
     if not isinstance(thresholds, dict):
         fail(f"thresholds must be an object of class: number or null, got {thresholds!r}")
@@ -228,19 +218,15 @@ def _checked(data: Any, where: str) -> dict[str, Any]:
         "model_format": data["model_format"],
         "model_file": data["model_file"],
         "classes": strings(data["classes"], "classes"),
-        "preprocessing": Preprocessing(
-            tuple(size),
-            number(pre["crop_pct"], "preprocessing.crop_pct"),
-            pre["interpolation"],
-            tuple(number(v, "preprocessing.mean") for v in pre["mean"]),
-            tuple(number(v, "preprocessing.std") for v in pre["std"]),
-        ),
+        "preprocessing": preprocessing,
         "temperature": number(data["temperature"], "temperature"),
         "thresholds": {
             str(k): math.inf if v is None else number(v, f"thresholds[{k!r}]") for k, v in thresholds.items()
         },
         "blocked_classes": strings(data["blocked_classes"], "blocked_classes"),
         "source_checkpoint": data.get("source_checkpoint", ""),
+        "outputs": strings(data.get("outputs", ["logits"]), "outputs"),
+        "familiarity": familiarity,
     }
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.stats import binomtest
 
-from inference.files import format_float, read_csv, write_csv
+from runs.files import format_float, read_csv, write_csv
 
 HEADER = (
     "class",

@@ -39,12 +39,14 @@ class ImageClassifier(LightningModule):
         warmup_epochs: linear warm-up length in epochs (fractions allowed).
         min_lr_scale: the cosine schedule ends at this fraction of the peak learning rate.
         label_smoothing: cross-entropy label smoothing, in [0, 1).
-        freeze_backbone_epochs: train only the head for this many epochs first.
+        freeze_backbone_epochs: train only the head for this many epochs first (see :meth:`training_step`).
         drop_rate: dropout before the classifier.
         cache_dir: where converted weights are cached.
         preprocessing: what inputs look like (``datamodules.Preprocessing.as_dict()``), saved with the
             weights so evaluation, prediction and export prepare images the same way; ``None``: the
             backbone's timm data config.
+        channels_last: keep weights and inputs in the NHWC memory layout, which convolutions run
+            faster in on GPUs with tensor cores, especially under mixed precision.
 
     Raises:
         ValueError: an argument is out of range.
@@ -67,6 +69,7 @@ class ImageClassifier(LightningModule):
         drop_rate: float = 0.0,
         cache_dir: str | None = None,
         preprocessing: dict[str, Any] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0 or backbone_lr_scale < 0 or not 0 <= label_smoothing < 1 or freeze_backbone_epochs < 0:
@@ -110,22 +113,31 @@ class ImageClassifier(LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def forward_with_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_embedding(
+        self, images: torch.Tensor, *, frozen_features: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the pooled embedding from one pass through the backbone.
 
         The head runs twice on the shared features (cheap: pooling and one linear layer), so
         the logits are exactly ``forward``'s for every timm model, whatever its head holds.
+        ``frozen_features``: compute the features without recording them for a backward pass.
         """
-        features = self.backbone.forward_features(images)
+        if frozen_features:
+            with torch.no_grad():
+                features = self.backbone.forward_features(images)
+        else:
+            features = self.backbone.forward_features(images)
         embedding = self.backbone.forward_head(features, pre_logits=True)
         logits = self.backbone.forward_head(features)
         return logits, embedding
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> StepOutput | None:
+    def _step(self, batch: dict[str, torch.Tensor], *, frozen_features: bool = False) -> StepOutput | None:
         images, targets = batch["image"], batch["target"]
         if images.numel() == 0:  # every file of the batch failed to load; they are reported
             return None
-        logits, embedding = self.forward_with_embedding(images)
+        if self.hparams.get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        logits, embedding = self.forward_with_embedding(images, frozen_features=frozen_features)
         sample_loss = F.cross_entropy(logits, targets, reduction="none", label_smoothing=self.hparams.label_smoothing)
         return StepOutput(
             loss=sample_loss.mean(),
@@ -137,7 +149,18 @@ class ImageClassifier(LightningModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
-        out = self._step(batch)
+        """One optimisation step's loss, and the batch's per-sample outputs.
+
+        While the backbone is frozen (the first ``freeze_backbone_epochs`` epochs), its features
+        are computed without autograd, so the backward pass runs through the head only. The loss
+        then also carries zero times every frozen parameter: each one gets a zero gradient, cheaply,
+        and DDP, whose reducer waits for a gradient of every parameter it registered at start-up,
+        all-reduces as usual (``requires_grad=False``, as Lightning's ``BackboneFinetuning`` does it,
+        breaks DDP when it changes mid-run). :meth:`on_after_backward` then drops those gradients,
+        so AdamW skips the frozen parameters altogether: no moments, no step count, no weight decay.
+        """
+        frozen = self.backbone_frozen
+        out = self._step(batch, frozen_features=frozen)
         if out is None:
             # Every file of the batch failed to load (they are reported). A zero loss tied to every
             # parameter instead of skipping the step: under DDP the other ranks would otherwise
@@ -146,7 +169,10 @@ class ImageClassifier(LightningModule):
         self.train_metrics.update(out.logits, out.target)
         self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(out.target))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        return out.for_training()
+        step = out.for_training()
+        if frozen:
+            step["loss"] = step["loss"] + 0.0 * sum(p.sum() for p in self._frozen_parameters())
+        return step
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> StepOutput | None:
         return self._eval_step(batch, self.val_metrics, "val")
@@ -201,10 +227,33 @@ class ImageClassifier(LightningModule):
         if states and self._trainer is not None and self._trainer.state.fn == "fit":
             set_rng_states(states)
 
+    @property
+    def backbone_frozen(self) -> bool:
+        """Whether this training epoch trains the head only (``freeze_backbone_epochs``)."""
+        return self._trainer is not None and self.current_epoch < self.hparams.freeze_backbone_epochs
+
+    def _frozen_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters a frozen phase leaves alone: every backbone parameter outside the classifier."""
+        head = {id(p) for p in self.backbone.get_classifier().parameters()}
+        return [p for p in self.backbone.parameters() if id(p) not in head]
+
+    def on_after_backward(self) -> None:
+        # After DDP's all-reduce (it ends with the backward pass): a parameter without a gradient
+        # is one AdamW does not touch, so its moments do not fill with the frozen phase's zeros.
+        if self.backbone_frozen:
+            for param in self._frozen_parameters():
+                param.grad = None
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.get("channels_last"):
+            # Before the strategy moves and wraps the model: DDP's gradient buckets follow the
+            # parameters' layout from then on.
+            self.to(memory_format=torch.channels_last)
+
     def on_train_epoch_start(self) -> None:
         # A frozen backbone keeps its BatchNorm statistics too; once unfrozen they update again.
         # (Lightning restores each module's mode after validation, so the mode is set every epoch.)
-        frozen = self.current_epoch < self.hparams.freeze_backbone_epochs
+        frozen = self.backbone_frozen
         if self.hparams.freeze_backbone_epochs:
             classifier = set(self.backbone.get_classifier().modules())
             for module in self.backbone.modules():
@@ -215,10 +264,10 @@ class ImageClassifier(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW, two learning rates (backbone, head), no decay on biases and norm weights.
 
-        The frozen-backbone phase is a zero learning rate for the backbone groups, not
-        ``requires_grad=False`` (which is what Lightning's ``BackboneFinetuning`` toggles):
-        DDP builds its gradient buckets once and breaks when the set of trainable parameters
-        changes mid-run, and a zero rate composes with any scheduler.
+        The backbone's schedule starts when its frozen phase ends: zero before, then its own
+        warm-up and cosine decay. While frozen it gets no gradients at all (see
+        :meth:`training_step`), so AdamW starts its moments and bias correction afresh at the
+        first unfrozen step.
         """
         hp = self.hparams
         head_ids = {id(p) for p in self.backbone.get_classifier().parameters()}

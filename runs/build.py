@@ -10,6 +10,7 @@ resolved or built.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,21 @@ def save_config(cfg: DictConfig, folder: RunFolder) -> None:
     ddp.share_config_with_children(cfg, folder.root / "config.yaml")
 
 
-def catalogue(options: dict[str, Any], folder: RunFolder, *, child: bool, timeout: float = 600.0) -> Catalogue:
+def catalogue(
+    options: dict[str, Any],
+    folder: RunFolder,
+    *,
+    child: bool,
+    timeout: float = 600.0,
+    before_save: Callable[[Catalogue], None] | None = None,
+) -> Catalogue:
     """The run's samples: listed and scanned by global rank zero, which saves them with the run and
     writes the data reports; loaded from the run folder by every other rank.
 
     Ranks started by Lightning find the file written already. Ranks started by a scheduler
     (``torchrun``, ``srun``) on other nodes wait for it, up to ``timeout`` seconds.
+    ``before_save`` (global rank zero only: the data audit) may change the catalogue or stop the
+    run before it is saved, so that no rank ever loads a catalogue it would change.
     """
     if child:
         deadline = time.monotonic() + timeout
@@ -114,6 +124,8 @@ def catalogue(options: dict[str, Any], folder: RunFolder, *, child: bool, timeou
             time.sleep(1.0)
         return Catalogue.load(folder.catalogue_file)
     built = Catalogue.build(**{k: options[k] for k in CATALOGUE_OPTIONS if k in options})
+    if before_save is not None:
+        before_save(built)
     built.save(folder.catalogue_file)
     built.write_reports(folder)
     return built
@@ -163,7 +175,9 @@ def trainer(cfg: DictConfig):
     """The Trainer with the run's callbacks and loggers (``callbacks``, ``logger`` groups)."""
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_group(cfg.get("logger"), "logger")
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    built = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ddp.check_process_launch(built)
+    return built
 
 
 def is_child() -> bool:

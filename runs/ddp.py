@@ -65,6 +65,35 @@ def is_global_zero() -> bool:
     return all(os.environ.get(key, "0") in ("", "0") for key in ("NODE_RANK", "GROUP_RANK", "LOCAL_RANK"))
 
 
+def check_process_launch(trainer) -> None:
+    """Stops a run that asks Lightning to start DDP processes inside a submitit local job
+    (``hydra/launcher=local``), where that cannot work.
+
+    Lightning starts DDP ranks > 0 by running the command line again. Inside a submitit job
+    the command line is submitit's job runner (``python -m submitit.core._submit``), which would
+    run the pickled job once more instead of joining this one.
+
+    Raises:
+        ConfigError: more than one device per job inside a submitit local job.
+    """
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    strategy = trainer.strategy
+    if (
+        os.environ.get("SUBMITIT_EXECUTOR") == "local"
+        and isinstance(getattr(strategy, "launcher", None), _SubprocessScriptLauncher)
+        and trainer.num_devices > 1
+        and not strategy.cluster_environment.creates_processes_externally
+    ):
+        raise ConfigError(
+            f"trainer.devices={trainer.num_devices} with strategy={type(strategy).__name__} inside a "
+            "hydra/launcher=local job: Lightning starts DDP processes by running the command again, which "
+            "inside the job is submitit's runner, not train.py. For a sweep of DDP runs on this machine leave "
+            "hydra/launcher=local out (`python train.py -m ...` runs the jobs one after another, each on all "
+            "its devices), or give each local job one device (trainer.devices=1)."
+        )
+
+
 def child_config() -> DictConfig:
     """The parent's resolved config, checked against the hash the parent handed down.
 

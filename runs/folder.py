@@ -24,10 +24,10 @@ from runs import files
 from runs.errors import RunFolderError
 
 # What a run that got going leaves behind; a folder holding any of these holds a run. A run that
-# stopped at a mistake in its data or config leaves only config.yaml, catalogue.json and data
-# reports: the same command, fixed, may use the folder again. (Hydra's own log file, `<task>.log`,
-# is opened before any of lookout's code runs and does not count either.)
-RUN_CONTENTS = ("checkpoints", "tensorboard", "csv", "reports/metrics.json", "reports/audit", "predictions.csv")
+# stopped at a mistake in its data or config, or at a data-audit finding (audit.fail_on), leaves only
+# config.yaml, catalogue.json and data reports: the same command, fixed, may use the folder again.
+# (Hydra's own log file, `<task>.log`, is opened before any of lookout's code runs and does not count.)
+RUN_CONTENTS = ("checkpoints", "tensorboard", "csv", "reports/metrics.json", "predictions.csv")
 
 
 class RunFolder:
@@ -154,12 +154,13 @@ class RunFolder:
         return resolved.is_relative_to(self.checkpoints.resolve())
 
     # ------------------------------------------------------------------ end of run
-    def print_summary(self, rows: Sequence[tuple[str, str]]) -> None:
-        """The end-of-run summary, the same for every command: the run folder first, the command to
-        review it last. Call on global rank zero only."""
+    def print_summary(self, rows: Sequence[tuple[str, str]], *, review: str | None = None) -> None:
+        """The end-of-run summary, the same for every command: the run folder first, the command (or
+        file) to review it last, by default TensorBoard on the folder. Call on global rank zero only."""
         lines = [f"{'run folder':<13}{self.root}"]
         lines += [f"{key:<13}{value}" for key, value in rows]
-        lines.append(f"{'review':<13}tensorboard --logdir {self.root} --samples_per_plugin images=1000")
+        review = review or f"tensorboard --logdir {self.root} --samples_per_plugin images=1000"
+        lines.append(f"{'review':<13}{review}")
         width = max(len(line) for line in lines)
         print("\n" + "=" * width, *lines, "=" * width, sep="\n", flush=True)
 

@@ -18,12 +18,14 @@ class StopAfterEpoch(Callback):
 
 class Recorder(Callback):
     """Keeps what a test inspects after a run: backbone states (at the start of training and
-    after each epoch) and the shared outputs' last gathered epoch of each split."""
+    after each epoch), the optimiser's step count per backbone parameter after each epoch (absent:
+    no optimiser state), and the shared outputs' last gathered epoch of each split."""
 
     last: Recorder | None = None
 
     def __init__(self) -> None:
         self.backbone_states: list[dict] = []
+        self.optimizer_steps: list[dict[str, int]] = []
         self.latest: dict = {}
         Recorder.last = self
 
@@ -35,6 +37,10 @@ class Recorder(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._snapshot(pl_module)
+        state = trainer.optimizers[0].state
+        self.optimizer_steps.append(
+            {name: int(state[p]["step"]) for name, p in pl_module.backbone.named_parameters() if p in state}
+        )
 
     def on_fit_end(self, trainer, pl_module) -> None:
         from callbacks import SampleOutputs

@@ -44,6 +44,10 @@ def _check_run(run_dir, epochs: int) -> None:
     assert {r["epochs_seen"] for r in scores} == {str(epochs)}  # each training sample once per epoch
     summary = json.loads((run_dir / "reports" / "data_summary.json").read_text())
     assert summary["used"] == {"train": TRAIN, "val": VAL}
+    # What prediction needs, fitted on the gathered outputs and written once, by rank zero.
+    index = json.loads((run_dir / "familiarity" / "familiarity.json").read_text())
+    assert index["count"] == TRAIN and index["threshold"] > 0
+    assert json.loads((run_dir / "reports" / "thresholds.json").read_text())["val_samples"] == VAL
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ from PIL import Image
 from scipy.special import softmax
 from sklearn.datasets import load_digits
 
+from datamodules.transforms import Preprocessing
 from inference.export import ExportedClassifier, export_classifier
-from inference.sidecar import Preprocessing, SidecarError, read_sidecar, sidecar_path
+from inference.sidecar import SidecarError, read_sidecar, sidecar_path
 
 SIZE = 32
 CLASSES = [f"digit_{i}" for i in range(10)]
@@ -23,7 +24,7 @@ CLASSES = [f"digit_{i}" for i in range(10)]
 def _digit_images(model: torch.nn.Module, count: int = 200) -> tuple[torch.Tensor, torch.Tensor, Preprocessing]:
     """Real 8x8 digits enlarged to the model input and normalised with the model's own mean and std."""
     config = timm.data.resolve_model_data_config(model)
-    pre = Preprocessing.from_data_config({**config, "input_size": (3, SIZE, SIZE)})
+    pre = Preprocessing.resolve(config, image_size=SIZE)
     digits = load_digits()
     images = []
     for pixels in digits.images[:count]:
@@ -93,7 +94,7 @@ def test_sidecar_records_everything_and_reads_back(tmp_path, trained):
     data = json.loads(sidecar_path(path).read_text())
     assert data["format_version"] == 1 and data["model_file"] == "model.onnx"
     assert data["preprocessing"] == {
-        "input_size": [3, SIZE, SIZE],
+        "input_size": [SIZE, SIZE],
         "crop_pct": pre.crop_pct,
         "interpolation": pre.interpolation,
         "mean": list(pre.mean),
@@ -114,7 +115,7 @@ def _valid() -> dict:
         "model_file": "model.onnx",
         "classes": ["a", "b"],
         "preprocessing": {
-            "input_size": [3, 8, 8],
+            "input_size": [8, 8],
             "crop_pct": 0.9,
             "interpolation": "bicubic",
             "mean": [0.5, 0.5, 0.5],
@@ -141,7 +142,9 @@ def _valid() -> dict:
         ({"thresholds": {"a": 1.5}}, r"thresholds must be in \[0, 1\] or null"),
         ({"blocked_classes": ["z"]}, r"name \['z'\]"),
         ({"_target_": "os.system"}, r"unknown fields \['_target_'\]"),
-        ({"preprocessing": {"input_size": [3, 8, 8]}}, "preprocessing must be an object with exactly"),
+        ({"preprocessing": {"input_size": [8, 8]}}, "preprocessing must be an object with exactly"),
+        ({"outputs": ["embedding"]}, r"outputs must be \['logits'\]"),
+        ({"familiarity": "../index"}, "familiarity must be a folder name beside the sidecar"),
     ],
 )
 def test_a_bad_sidecar_is_refused_with_the_field_named(tmp_path, change, message):
@@ -154,7 +157,7 @@ def test_a_bad_sidecar_is_refused_with_the_field_named(tmp_path, change, message
 def test_a_valid_sidecar_reads_back_and_non_json_numbers_are_refused(tmp_path):
     path = tmp_path / "model.onnx.json"
     path.write_text(json.dumps(_valid()))
-    assert read_sidecar(path).preprocessing.input_size == (3, 8, 8)
+    assert read_sidecar(path).preprocessing.input_size == (8, 8)
     path.write_text(json.dumps(_valid()).replace('"temperature": 1.0', '"temperature": NaN'))
     with pytest.raises(SidecarError, match="NaN is not a valid JSON number"):
         read_sidecar(path)

@@ -148,3 +148,20 @@ def test_optuna_sweep_through_the_local_launcher(few_digits, tmp_path):
 
 # The parameters conf/hparams_search/optuna.yaml searches.
 SEARCHED = ("model.lr", "model.backbone_lr_scale", "model.label_smoothing")
+
+
+def test_ddp_inside_a_local_job_stops_with_the_fix(monkeypatch):
+    """Lightning would start DDP ranks by re-running submitit's job runner; the run says so instead."""
+    from lightning.pytorch import Trainer
+
+    from runs.ddp import check_process_launch
+    from runs.errors import ConfigError
+
+    def trainer(devices: int) -> Trainer:
+        return Trainer(accelerator="cpu", devices=devices, strategy="ddp", logger=False, enable_progress_bar=False)
+
+    check_process_launch(trainer(2))  # not inside a submitit job: Lightning starts the processes
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    with pytest.raises(ConfigError, match=r"trainer.devices=2 .*hydra/launcher=local.*trainer.devices=1"):
+        check_process_launch(trainer(2))
+    check_process_launch(trainer(1))

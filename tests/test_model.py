@@ -23,6 +23,17 @@ def test_logits_and_embedding_come_from_one_pass_and_match_forward():
     assert embedding.shape == (3, model.backbone.num_features)
 
 
+def test_channels_last_changes_the_memory_layout_not_the_outputs():
+    torch.manual_seed(0)
+    plain = ImageClassifier(name="test_efficientnet", num_classes=4).eval()
+    nhwc = ImageClassifier(name="test_efficientnet", num_classes=4, channels_last=True).eval()
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.setup("fit")
+    assert nhwc.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = {"image": torch.randn(3, 3, 32, 32), "target": torch.tensor([0, 1, 2]), "index": torch.arange(3)}
+    torch.testing.assert_close(nhwc._step(batch).logits, plain._step(batch).logits, rtol=1e-4, atol=1e-5)
+
+
 def test_warmup_then_cosine_schedule():
     factor = _warmup_cosine(total=100, warmup=10, floor=0.01)
     assert factor(0) == 1 / 11 and factor(9) == 10 / 11
@@ -54,6 +65,18 @@ def test_frozen_backbone_keeps_its_weights_and_statistics_for_the_first_epochs(t
     assert statistics and all(not torch.equal(after_frozen[k], after_unfrozen[k]) for k in statistics)
     weights = [k for k in start if k.endswith("conv.weight") or k.endswith("conv_stem.weight")]
     assert any(not torch.equal(after_frozen[k], after_unfrozen[k]) for k in weights)
+    # No backward pass through the frozen backbone: AdamW kept no moments or step count for it
+    # (so no weight decay either); its state starts at the first unfrozen step.
+    frozen_steps, unfrozen_steps = Recorder.last.optimizer_steps
+    assert set(frozen_steps) == set(head)
+    steps_per_epoch = frozen_steps["classifier.weight"]
+    assert steps_per_epoch > 0 and unfrozen_steps["classifier.weight"] == 2 * steps_per_epoch
+    backbone = set(unfrozen_steps) - set(head)
+    assert backbone == {name for name in start if name not in head and not name.endswith(BUFFERS)}
+    assert {unfrozen_steps[name] for name in backbone} == {steps_per_epoch}
+
+
+BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def test_training_epochs_keep_label_statistics_not_logits(tiny_cfg):

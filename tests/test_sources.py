@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from datamodules import Catalogue, DataError
-from datamodules.sources import builtin_digits, csv_samples, folder_samples
+from datamodules.manifests import csv_samples
+from datamodules.sources import builtin_digits, folder_samples
 from runs.folder import RunFolder
 
 
