@@ -53,7 +53,9 @@ def test_the_export_matches_pytorch_on_real_validation_images(trained, tmp_path,
         logits, embedding = model.outputs(batch["image"])
         expected = softmax(logits.astype(np.float64) / exported.sidecar.temperature, axis=1)
         got_logits, got_embedding = exported.outputs(batch["image"])
-        deltas.append(np.abs(softmax(got_logits.astype(np.float64), axis=1) - expected).max())
+        deltas.append(
+            np.abs(softmax(got_logits.astype(np.float64) / exported.sidecar.temperature, axis=1) - expected).max()
+        )
         emb_deltas.append(np.abs(got_embedding - embedding).max() / np.abs(embedding).max())
         confident.append(expected.max(axis=1).mean())
     assert max(deltas) <= 1e-4 and max(emb_deltas) <= 1e-4

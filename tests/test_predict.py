@@ -113,20 +113,24 @@ def test_a_blocked_class_never_appears(trained, heldout, tmp_path):
 
 def test_min_confidence_abstains_and_a_thresholds_file_is_applied(trained, heldout, tmp_path):
     root, _, _ = heldout
+    # The cut between the two middle confidences, so that both decisions occur whatever the run's temperature.
+    _, first = run_predict(trained, tmp_path, f"input={root}", "predict.thresholds=null", name="all")
+    middle = sorted(float(r["confidence"]) for r in _rows(first / "predictions.csv"))
+    cut = round((middle[len(middle) // 2 - 1] + middle[len(middle) // 2]) / 2, 6)
     _, out = run_predict(
         trained,
         tmp_path,
         f"input={root}",
         "predict.thresholds=null",
         "predict.familiarity=null",
-        "predict.min_confidence=0.2",
+        f"predict.min_confidence={cut}",
         "predict.top_k=2",
     )
     rows = _rows(out / "predictions.csv")
     assert "class_3" not in rows[0] and rows[0]["distance"] == rows[0]["unfamiliar"] == ""
     assert {r["decision"] for r in rows} == {"label", "abstain"}
     for r in rows:
-        assert (float(r["confidence"]) >= 0.2) == (r["decision"] == "label")
+        assert (float(r["confidence"]) >= cut) == (r["decision"] == "label")
     names = json.loads((trained[0] / "reports" / "classes.json").read_text())
     thresholds = tmp_path / "thresholds.csv"
     thresholds.write_text(
