@@ -43,13 +43,8 @@ def audit(cfg: DictConfig) -> AuditFindings:
         raise ConfigError("audit.enabled=false (audit=off) switches the audit off; python audit.py has nothing to do.")
     options = build.data_options(cfg)
     build.loader_options(options)
-    folder = RunFolder(cfg.paths.output_dir)
-    folder.claim()
-    try:
-        build.save_config(cfg, folder)
+    with build.claimed(cfg, RunFolder(cfg.paths.output_dir)) as folder:
         return _audit(cfg, folder, options, settings)
-    finally:
-        folder.release()
 
 
 def _audit(cfg: DictConfig, folder: RunFolder, options: dict, settings) -> AuditFindings:

@@ -37,14 +37,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         raise ConfigError(f"splits: {unknown} are not among val, test.")
     if options["source"] == "run" and not options.get("run_dir"):
         options["run_dir"] = str(trained.run_dir)  # the checkpoint's own run
-    if not child:
-        folder.claim()
-    try:
-        if not child:
-            build.save_config(cfg, folder)
+    with build.claimed(cfg, folder, child=child):
         return _evaluate(cfg, folder, options, trained, child)
-    finally:
-        folder.release()
 
 
 def _evaluate(cfg, folder: RunFolder, options: dict, trained, child: bool) -> dict[str, dict[str, float]]:

@@ -54,13 +54,8 @@ def export(cfg: DictConfig) -> dict:
     )
     if found.familiarity is not None and not cfg.embedding:
         raise ConfigError("the unfamiliar-input index needs the embedding output: embedding=true or familiarity=null.")
-    folder = RunFolder(cfg.paths.output_dir)
-    folder.claim()
-    try:
-        build.save_config(cfg, folder)
+    with build.claimed(cfg, RunFolder(cfg.paths.output_dir)) as folder:
         return _export(cfg, folder, trained, found, blocked)
-    finally:
-        folder.release()
 
 
 def _export(cfg: DictConfig, folder: RunFolder, trained, found, blocked: list[str]) -> dict:

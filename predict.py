@@ -70,13 +70,8 @@ def predict(cfg: DictConfig) -> dict:
     )
     catalogue = Catalogue.for_prediction(cfg.input, class_names=model.class_names, scan=cfg.data.scan)
 
-    folder = RunFolder(cfg.paths.output_dir)
-    folder.claim()
-    try:
-        build.save_config(cfg, folder)
+    with build.claimed(cfg, RunFolder(cfg.paths.output_dir)) as folder:
         return _run(cfg, opts, folder, model, found, policy, catalogue, loader)
-    finally:
-        folder.release()
 
 
 def _model(cfg: DictConfig, opts: dict) -> tuple[prediction.PredictionModel, run_files.RunFiles]:

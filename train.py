@@ -32,14 +32,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     audit = audit_step.AuditSettings.from_config(cfg.get("audit"))
     if cfg.ckpt_path:
         read_checkpoint(cfg.ckpt_path)  # a clear error for a missing, truncated or foreign file
-    if not child:
-        folder.claim(resume_from=cfg.ckpt_path)
-    try:
-        if not child:
-            build.save_config(cfg, folder)
+    with build.claimed(cfg, folder, child=child, resume_from=cfg.ckpt_path):
         return _fit(cfg, folder, options, child, audit)
-    finally:
-        folder.release()
 
 
 def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool, settings) -> dict[str, float]:

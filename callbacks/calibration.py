@@ -104,7 +104,7 @@ class Calibration(SplitReview):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.fit_temperature or self.outputs is None:
             return
-        val = self.outputs.best("val")
+        val, best_path = self.best_checkpoint_outputs(trainer)
         from_best = val is not None
         if val is None:  # no checkpoint callback: the weights in memory are the last epoch's
             val = self.outputs.latest("val")
@@ -116,7 +116,7 @@ class Calibration(SplitReview):
         self.source = f"fitted on the validation outputs of {which} ({val.epoch})"
         if not trainer.is_global_zero:
             return
-        checkpoint = trainer.checkpoint_callback.best_model_path if from_best else ""
+        checkpoint = best_path if from_best else ""
         if checkpoint:
             add_temperature(checkpoint, self.temperature)
         record = {**self.fitted.to_dict(), "source": self.source, "epoch": val.epoch, "checkpoint": checkpoint}

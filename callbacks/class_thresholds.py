@@ -100,9 +100,7 @@ class ClassThresholds(OutputsReader):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.outputs is None:
             return
-        val = self.outputs.best("val")
-        checkpoint = trainer.checkpoint_callback
-        path = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        val, path = self.best_checkpoint_outputs(trainer)
         if val is None or val.logits is None or not path:
             rank_zero_warn(
                 "ClassThresholds: no validation outputs of a best checkpoint (no ModelCheckpoint with a monitor, "

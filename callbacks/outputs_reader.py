@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from callbacks.epoch_outputs import EpochOutputs
 from callbacks.sample_outputs import SampleOutputs
 from runs.errors import ConfigError
 
@@ -52,6 +53,14 @@ class OutputsReader(Callback):
         self.outputs = find_collector(trainer, self)
         for need in needs:
             self.outputs.require(need.split, logits=need.logits, embeddings=need.embeddings)
+
+    def best_checkpoint_outputs(self, trainer: Trainer, split: str = "val") -> tuple[EpochOutputs | None, str]:
+        """At the end of fitting: ``split``'s outputs of the best checkpoint's epoch and that
+        checkpoint's path. ``(None, "")`` or an empty path when there is no best checkpoint (no
+        ModelCheckpoint with a monitor) or its epoch's outputs are gone (it came before a resume)."""
+        checkpoint = trainer.checkpoint_callback
+        path = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        return (self.outputs.best(split) if self.outputs is not None else None), path
 
 
 def find_collector(trainer: Trainer, reader: Callback) -> SampleOutputs:

@@ -79,9 +79,7 @@ class UnfamiliarInputs(OutputsReader):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.outputs is None:
             return
-        val = self.outputs.best("val")
-        checkpoint = trainer.checkpoint_callback
-        path = getattr(checkpoint, "best_model_path", "") if checkpoint is not None else ""
+        val, path = self.best_checkpoint_outputs(trainer)
         if val is None or val.embedding is None or not len(val.embedding) or not path:
             rank_zero_warn(
                 "UnfamiliarInputs: no validation embeddings of a best checkpoint (no ModelCheckpoint with a monitor, "

@@ -10,7 +10,8 @@ resolved or built.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,29 @@ def check_trainer_options(cfg: DictConfig) -> None:
             f"trainer.max_epochs={epochs!r} must be a positive number of epochs: the learning-rate schedule "
             "(warm-up, then cosine decay) needs a length. Give trainer.max_epochs=N (or trainer.max_steps=N)."
         )
+
+
+@contextmanager
+def claimed(
+    cfg: DictConfig, folder: RunFolder, *, child: bool = False, resume_from: str | None = None
+) -> Iterator[RunFolder]:
+    """The run folder held for one job: claimed (a busy or finished folder stops the job with one
+    line), its config saved, and given up again at the end, also after an error. A DDP child only
+    writes into the folder its parent holds, so it neither claims nor saves.
+
+    Example::
+
+        with build.claimed(cfg, RunFolder(cfg.paths.output_dir)) as folder:
+            ...  # write the job's files under folder.root
+    """
+    if not child:
+        folder.claim(resume_from=resume_from)
+    try:
+        if not child:
+            save_config(cfg, folder)
+        yield folder
+    finally:
+        folder.release()
 
 
 def save_config(cfg: DictConfig, folder: RunFolder) -> None:
