@@ -33,6 +33,25 @@ VERSION = 1
 UNREADABLE_COLUMNS = ("path", "label", "split", "reason", "found_by")
 
 
+def list_source(source: str, *, root: str | None = None, manifest: str | None = None) -> tuple[Any, Path]:
+    """The samples a ``builtin``, ``folder`` or ``csv`` source lists, before any scan, edit or
+    split, and the folder that relative paths in ``data.exclude`` / ``data.relabel`` start from.
+
+    Raises:
+        DataError: the source cannot be listed (no such folder or file, no class folders, a bad manifest).
+    """
+    if source == "builtin":
+        data_root = builtin_digits(Path(root).expanduser())
+        return folder_samples(data_root), data_root
+    if source == "folder":
+        data_root = Path(root).expanduser().resolve()
+        return folder_samples(data_root), data_root
+    if source == "csv":
+        manifest_path = Path(manifest).expanduser().resolve()
+        return csv_samples(manifest_path), manifest_path.parent
+    raise DataError(f"data.source={source!r} has no listing of its own (data=run reuses a run's catalogue).")
+
+
 @dataclass
 class Catalogue:
     """The samples of one run, by split, and what happened to the others.
@@ -144,16 +163,7 @@ class Catalogue:
                 )
             return cls.load(Path(run_dir).expanduser() / "catalogue.json")
 
-        if source == "builtin":
-            data_root = builtin_digits(Path(root).expanduser())
-            listing = folder_samples(data_root)
-        elif source == "folder":
-            data_root = Path(root).expanduser().resolve()
-            listing = folder_samples(data_root)
-        else:
-            manifest_path = Path(manifest).expanduser().resolve()
-            listing = csv_samples(manifest_path)
-            data_root = manifest_path.parent
+        listing, data_root = list_source(source, root=root, manifest=manifest)
         samples = listing.samples
         found = len(samples)
         excluded, relabelled = [], []
@@ -202,7 +212,7 @@ class Catalogue:
         ]
         summary = {
             "source": source,
-            "location": str(manifest_path if source == "csv" else data_root),
+            "location": str(Path(manifest).expanduser().resolve() if source == "csv" else data_root),
             "found": found,
             "skipped_on_purpose": dict(listing.skipped),
             "excluded_by_user": len(excluded),

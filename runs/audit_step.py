@@ -129,23 +129,11 @@ def listed_samples(options: Mapping[str, Any]) -> tuple[list[Sample], dict[str, 
     Raises:
         DataError: the source cannot be listed.
     """
+    from datamodules.catalogue import list_source
     from datamodules.image_io import scan_images
     from datamodules.label_edits import exclude_samples, relabel_samples
-    from datamodules.manifests import csv_samples
-    from datamodules.sources import builtin_digits, folder_samples
 
-    source = options["source"]
-    if source == "builtin":
-        root = builtin_digits(Path(options["root"]).expanduser())
-        listing = folder_samples(root)
-    elif source == "folder":
-        root = Path(options["root"]).expanduser().resolve()
-        listing = folder_samples(root)
-    elif source == "csv":
-        manifest = Path(options["manifest"]).expanduser().resolve()
-        listing, root = csv_samples(manifest), manifest.parent
-    else:
-        raise DataError(f"data.source={source!r} cannot be listed without its catalogue.")
+    listing, root = list_source(options["source"], root=options.get("root"), manifest=options.get("manifest"))
     samples = listing.samples
     if options.get("exclude"):
         samples, _ = exclude_samples(samples, options["exclude"], base=root)
