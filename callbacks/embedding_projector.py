@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def write_projector_entry(
     header: list[str],
     rows: list[list],
     thumbnails: np.ndarray | None,
-) -> None:
+    sprite: tuple[str, int] | None = None,
+) -> str | None:
     """Writes one projector entry as TensorBoard's projector plugin reads it.
 
     Written directly, not with ``SummaryWriter.add_embedding``, which formats every float in
@@ -70,6 +72,11 @@ def write_projector_entry(
         header: metadata column names.
         rows: ``N`` metadata rows (no tabs or newlines inside values).
         thumbnails: ``N x S x S x 3`` uint8 images for the sprite, or ``None``.
+        sprite: instead of ``thumbnails``, an earlier entry's sprite of the same points in the
+            same order: ``(path relative to logdir, thumbnail side)``, as this function returned it.
+
+    Returns:
+        The sprite's path relative to ``logdir`` (written or reused), or ``None`` without one.
     """
     from google.protobuf import text_format
     from PIL import Image
@@ -102,11 +109,14 @@ def write_projector_entry(
             r, c = divmod(i, per_row)
             sheet[r * size : (r + 1) * size, c * size : (c + 1) * size] = thumb
         Image.fromarray(sheet).save(folder / "sprite.png")
-        entry.sprite.image_path = f"{subdir}/sprite.png"
-        entry.sprite.single_image_dim.extend([size, size])
+        sprite = (f"{subdir}/sprite.png", size)
+    if sprite is not None:
+        entry.sprite.image_path = sprite[0]
+        entry.sprite.single_image_dim.extend([sprite[1], sprite[1]])
     tmp = config_path.with_name(".projector_config.pbtxt.tmp")
     tmp.write_text(text_format.MessageToString(config))
     tmp.replace(config_path)
+    return sprite[0] if sprite is not None else None
 
 
 def sprite_thumb_size(n: int, wanted: int) -> int:
@@ -152,7 +162,9 @@ class EmbeddingProjector(SplitReview):
             raise ValueError(f"EmbeddingProjector(thumbnail_size={thumbnail_size}) must be >= 1.")
         self.thumbnail_size = thumbnail_size
         self.static_map = static_map
-        self._thumbs: dict[int, rendering.ThumbnailCache] = {}
+        # The points are the same every epoch (the collector's fixed subset): their sprite is
+        # written once per split and log folder, and later entries point at it.
+        self._sprites: dict[tuple, tuple[str, int]] = {}
 
     def review(self, trainer: Trainer, pl_module: LightningModule, outputs: EpochOutputs, step: int) -> None:
         if outputs.embedding is None or not len(outputs.embedding_index):
@@ -190,19 +202,29 @@ class EmbeddingProjector(SplitReview):
 
         writer = rendering.tensorboard(trainer)
         if writer is not None:
+            logdir = Path(writer.get_logdir())
             size = sprite_thumb_size(len(subset), self.thumbnail_size)
-            # Kept between epochs: the points are the same every epoch (at most max_embeddings).
-            thumbs = self._thumbs.setdefault(size, rendering.ThumbnailCache(size, capacity=len(subset)))
-            write_projector_entry(
-                Path(writer.get_logdir()),
+            key = (str(logdir), split, size, hashlib.sha1(np.asarray(subset, np.int64).tobytes()).hexdigest())
+            sprite = self._sprites.get(key)
+            if sprite is not None and not (logdir / sprite[0]).is_file():
+                sprite = None
+            thumbnails = None
+            if sprite is None:
+                thumbs = rendering.ThumbnailCache(size, capacity=len(subset))
+                thumbnails = np.stack([thumbs(s.path) for s in samples])
+            written = write_projector_entry(
+                logdir,
                 step=step,
                 tag=f"{split}_embeddings",
                 vectors=emb,
                 header=header,
                 # The projector reads metadata as TSV: no tabs or newlines inside a value.
                 rows=[[str(v).replace("\t", " ").replace("\n", " ") for v in row] for row in table],
-                thumbnails=np.stack([thumbs(s.path) for s in samples]),
+                thumbnails=thumbnails,
+                sprite=sprite,
             )
+            if written is not None:
+                self._sprites[key] = (written, size)
         if self.static_map:
             image = self._pca_map(emb, target, pred, names, f"{split} epoch {step}")
             rendering.log_image(trainer, f"{split}/embedding_map", image, step)

@@ -97,7 +97,11 @@ def test_projector_files_parse_with_one_metadata_row_per_point(trained):
     assert len(metadata) - 1 == len(vectors) == VAL_SIZE
     indices = [int(line.split("\t")[7]) for line in metadata[1:]]
     assert sorted(indices) == list(range(VAL_SIZE))
-    sprite = Image.open(folder / "sprite.png")
+    # One sprite per split, written at the first epoch; every later entry points at it.
+    sprites = re.findall(r'tensor_name: "val_embeddings:\d+".*?image_path: "([^"]+)"', config, re.S)
+    assert sprites == ["00000/val_embeddings/sprite.png"] * 3
+    assert not (folder / "sprite.png").exists()
+    sprite = Image.open(run_dir / sprites[0])
     side = math.ceil(math.sqrt(VAL_SIZE)) * 48
     assert sprite.size == (side, side)
     points = _read_csv(trained[0] / "reports" / "val" / "embedding_points.csv")
