@@ -140,7 +140,10 @@ class ActivationMaps(SplitReview):
             )
             captions.append(
                 [(f"pred: {names[outputs.pred[r]]} {outputs.confidence[r]:.0%}", GOOD if right else BAD),
-                 (f"Grad-CAM at {layer}", INK)]
+                 ("Grad-CAM", INK)]
             )  # fmt: skip
-        title += " (each: the model's input, then where the predicted class's score came from; red = most)"
+        title += (
+            f" (each: the model's input, then where the predicted class's score came from, Grad-CAM at {layer}; "
+            "red = most)"
+        )
         return rendering.gallery(images, captions, columns=8, title=title)

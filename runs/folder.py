@@ -157,10 +157,10 @@ class RunFolder:
     def print_summary(self, rows: Sequence[tuple[str, str]], *, review: str | None = None) -> None:
         """The end-of-run summary, the same for every command: the run folder first, the command (or
         file) to review it last, by default TensorBoard on the folder. Call on global rank zero only."""
-        lines = [f"{'run folder':<13}{self.root}"]
-        lines += [f"{key:<13}{value}" for key, value in rows]
         review = review or f"tensorboard --logdir {self.root} --samples_per_plugin images=1000"
-        lines.append(f"{'review':<13}{review}")
+        rows = [("run folder", str(self.root)), *rows, ("review", review)]
+        column = max(13, *(len(key) + 2 for key, _ in rows))  # a long key (test/f1_macro) keeps a gap
+        lines = [f"{key:<{column}}{value}" for key, value in rows]
         width = max(len(line) for line in lines)
         print("\n" + "=" * width, *lines, "=" * width, sep="\n", flush=True)
 
