@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from datamodules import DataError
@@ -93,7 +92,7 @@ def _robustness_grid(cfg: DictConfig, catalogue):
             f"robustness.split={split} is not evaluated here (splits={list(cfg.splits)}, the data has "
             f"{sorted(catalogue.splits)}): add it to splits, or set robustness.split to one that is."
         )
-    return instantiate(cfg.robustness, split=split)
+    return build.construct(cfg.robustness, "robustness", split=split)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

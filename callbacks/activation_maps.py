@@ -122,10 +122,13 @@ class ActivationMaps(SplitReview):
         # Validation and test hooks run under inference mode, in which no gradient can be taken.
         with torch.inference_mode(False):
             batch = torch.stack([dataset[int(outputs.index[r])]["image"] for r in rows]).to(pl_module.device)
-            maps = class_activation_maps(backbone, batch, predicted.tolist(), layer=layer)
+            # Cast as Lightning's own loops do (16-true, bf16-true and 64-true models take their dtype).
+            model_input = trainer.precision_plugin.convert_input(batch)
+            maps = class_activation_maps(backbone, model_input, predicted.tolist(), layer=layer)
         mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
         std = torch.tensor(prep.std).view(1, 3, 1, 1)
-        inputs = ((batch.detach().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        shown = (batch.detach().float().cpu() * std + mean).clamp(0, 1)
+        inputs = (shown * 255).round().byte().permute(0, 2, 3, 1).numpy()
         names = datamodule.class_names
         images, captions = [], []
         for image, cam, r in zip(inputs, maps, rows, strict=True):

@@ -80,7 +80,8 @@ def l2_normalize(rows: np.ndarray) -> np.ndarray:
 
 
 def stratified_subset(targets: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
-    """Sorted indices of at most ``max_samples`` samples, every class in proportion (at least one each)."""
+    """Sorted indices of at most ``max_samples`` samples, every class in proportion (at least one
+    each; with more classes than ``max_samples``, a random ``max_samples`` of the classes, one sample each)."""
     n = len(targets)
     if n <= max_samples:
         return np.arange(n)
@@ -94,4 +95,7 @@ def stratified_subset(targets: np.ndarray, max_samples: int, seed: int) -> np.nd
         rng.choice(np.flatnonzero(targets == c), size=min(q, cnt), replace=False)
         for c, q, cnt in zip(classes, quota, counts, strict=True)
     ]
-    return np.sort(np.concatenate(picks))[:max_samples]
+    chosen = np.concatenate(picks)
+    if len(chosen) > max_samples:  # more classes than samples allowed: a random one of them each
+        chosen = rng.choice(chosen, size=max_samples, replace=False)
+    return np.sort(chosen)

@@ -185,6 +185,7 @@ class RobustnessGrid(Callback):
                 num_workers=loader.num_workers if self.num_workers is None else self.num_workers,
                 device=pl_module.device,
                 forward_context=trainer.precision_plugin.forward_context,
+                convert_input=trainer.precision_plugin.convert_input,
             )
         finally:
             pl_module.train(was_training)

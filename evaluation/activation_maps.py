@@ -62,11 +62,11 @@ def layer_for_input(model: nn.Module, input_size: tuple[int, int], min_side: int
     return (fitting[-1] if fitting else stages[0])["module"]
 
 
-def _last_stage_channels(model: nn.Module) -> int | None:
+def _feature_channels(model: nn.Module, name: str) -> int | None:
+    """The channels timm's ``feature_info`` gives for module ``name`` (``None`` when it does not list it)."""
     info = getattr(model, "feature_info", None)
-    if not info:
-        return None
-    return info[-1].get("num_chs") if isinstance(info, list | tuple) else info.channels()[-1]
+    entries = info if isinstance(info, list | tuple) else getattr(info, "info", None) or []
+    return next((e.get("num_chs") for e in entries if e.get("module") == name), None)
 
 
 def class_activation_maps(
@@ -105,7 +105,16 @@ def class_activation_maps(
             f"class_activation_maps got {len(inputs)} images, more than max_images={max_images}: "
             "pick the images to explain (the maps cost a backward pass each batch)"
         )
-    name, module = (layer, model.get_submodule(layer)) if layer else find_target_layer(model)
+    if layer:
+        try:
+            name, module = layer, model.get_submodule(layer)
+        except AttributeError:
+            stages = [e.get("module") for e in getattr(model, "feature_info", None) or [] if isinstance(e, dict)]
+            raise ValueError(
+                f"the backbone has no module {layer!r}" + (f"; its stages are {stages}" if stages else "")
+            ) from None
+    else:
+        name, module = find_target_layer(model)
     shapes = []
     hook = module.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
     was_training = model.training
@@ -121,7 +130,9 @@ def class_activation_maps(
     finally:
         hook.remove()
         model.train(was_training)
-    channels = _last_stage_channels(model) if layer is None else None
+    # A stage timm lists has a known channel count: a channels-last stage (Swin, Hiera) outputs
+    # N x h x w x C, which is 4-D too, and must not be read as N x C x h x w.
+    channels = _feature_channels(model, name)
     out_shape = shapes[-1] if shapes else ()
     if len(out_shape) != 4 or (channels is not None and out_shape[1] != channels):
         raise ValueError(

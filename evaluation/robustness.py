@@ -107,6 +107,12 @@ def read_robustness_table(path: str | os.PathLike) -> pd.DataFrame:
                 f"not a number in [{low}, {high if high is not None else 'inf'}]"
             )
         table[column] = values.astype(int if column in ("severity", "samples") else float)
+    repeated = table.duplicated(["corruption", "severity"], keep=False)
+    if repeated.any():
+        raise ValueError(
+            f"{path}: each (corruption, severity) must appear once; repeated: "
+            f"{table.loc[repeated, ['corruption', 'severity']].drop_duplicates().values.tolist()[:5]}"
+        )
     table["error"] = 1.0 - table["accuracy"]
     return table
 

@@ -43,6 +43,9 @@ Cell = tuple[str, int]  # (corruption type or "clean", severity; 0 for clean)
 def grid_cells(suite: CorruptionSuite, kinds: Sequence[str] | None = None) -> list[Cell]:
     """The clean cell, then every severity of every type of ``suite`` (or of ``kinds``), in the reference's order."""
     kinds = list(suite.kinds if kinds is None else kinds)
+    repeated = sorted({k for k in kinds if kinds.count(k) > 1})
+    if repeated:
+        raise ValueError(f"robustness.kinds lists {repeated} more than once; each type is scored once")
     for kind in kinds:
         suite.params(kind, SEVERITIES[0])  # an unknown or unconfigured type fails here, not in a worker
     return [(CLEAN, 0), *((kind, severity) for kind in kinds for severity in SEVERITIES)]
@@ -174,6 +177,7 @@ def score_grid(
     num_workers: int = 0,
     device: torch.device | str = "cpu",
     forward_context: Callable[[], AbstractContextManager] = nullcontext,
+    convert_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> GridScores:
     """Scores ``model`` on ``samples`` under every cell; no gradients, the model's mode untouched.
 
@@ -190,6 +194,8 @@ def score_grid(
         num_workers: DataLoader worker processes that read and corrupt the images.
         device: where the model is.
         forward_context: a context for the forward passes (mixed precision, for instance).
+        convert_input: casts a float32 batch to the model's precision (Lightning's
+            ``precision_plugin.convert_input``: 16-true, bf16-true and 64-true models need it).
     """
     cells = list(cells if cells is not None else grid_cells(suite))
     head, tail = split_at_normalize(eval_transform)
@@ -214,8 +220,9 @@ def score_grid(
                 continue
             cell = batch["cell"].numpy()
             tick = time.perf_counter()
+            images = batch["image"].to(device, non_blocking=True)
             with forward_context():
-                logits = model(batch["image"].to(device, non_blocking=True))
+                logits = model(convert_input(images) if convert_input is not None else images)
             predicted = logits.argmax(dim=1).cpu().numpy()
             spent = time.perf_counter() - tick
             np.add.at(confusion, (cell, batch["target"].numpy(), predicted), 1)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
@@ -122,12 +122,15 @@ def shortcut_check(
         return ShortcutReport(
             pd.DataFrame(columns=list(SHORTCUT_COLUMNS)), [], dict.fromkeys(columns, "one class only")
         )
-    splits = min(folds, int(counts.min()))
-    cv = (
-        StratifiedKFold(splits, shuffle=True, random_state=seed)
-        if splits >= 2
-        else KFold(min(folds, len(labels)), shuffle=True, random_state=seed)
-    )
+    if counts.min() < 2:
+        # Cross-validation cannot hold out a class of one sample and still train on it.
+        rare = int((counts < 2).sum())
+        return ShortcutReport(
+            pd.DataFrame(columns=list(SHORTCUT_COLUMNS)),
+            [],
+            dict.fromkeys(columns, f"{rare} class(es) with a single training sample: no cross-validation"),
+        )
+    cv = StratifiedKFold(min(folds, int(counts.min())), shuffle=True, random_state=seed)
     model = make_pipeline(OneHotEncoder(handle_unknown="ignore"), LogisticRegression(max_iter=1000))
     for column in columns:
         groups, kind, reason = column_groups(frame[column], bins=bins, max_categories=max_categories)

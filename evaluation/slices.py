@@ -41,6 +41,7 @@ SLICE_COLUMNS = (
 )
 RESERVED = ("target", "prediction", "index", "path", "split", "label")
 MISSING = "(missing)"
+MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>", "#n/a"})  # read as missing, as pandas does
 
 
 def wilson_interval(correct: int, count: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -74,10 +75,18 @@ def column_groups(
         column that gives no useful slices (constant, or a different value on every sample).
     """
     present = values.dropna()
-    present = present[present.astype(str).str.strip() != ""]
+    # Manifest cells are text: "", "NaN", "N/A", "null" ... mean missing, not a category that
+    # would turn a numeric column into text; infinities are no position on a scale either.
+    text_values = present.astype(str).str.strip()
+    present = present[~text_values.str.lower().isin(MISSING_TEXT)]
     if present.empty:
         return None, "categorical", "no values"
     numbers = pd.to_numeric(present, errors="coerce")
+    infinite = np.isinf(numbers.to_numpy(dtype=float))
+    if infinite.any() and numbers[~infinite].notna().all():
+        present, numbers = present[~infinite], numbers[~infinite]
+        if present.empty:
+            return None, "numeric", "no finite values"
     numeric = bool(numbers.notna().all()) and not pd.api.types.is_bool_dtype(present)
     distinct = present.astype(str).nunique()
     if distinct < 2:

@@ -176,6 +176,25 @@ def datamodule(cfg: DictConfig, catalogue: Catalogue, prep: Preprocessing, optio
     )
 
 
+def construct(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, with a bad option (the object's own ``ValueError`` or
+    ``TypeError``) reported as a :class:`ConfigError` naming the config key, not as Hydra's
+    wrapped traceback.
+
+    Raises:
+        ConfigError: the object refused its arguments.
+    """
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValueError | TypeError):
+            raise ConfigError(f"{what}: {cause}") from None
+        raise
+
+
 def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
     """Builds every node of a config group (``callbacks``, ``logger``); ``null`` nodes are switched off.
 
@@ -191,7 +210,7 @@ def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
                 f"{what}.{name} has no _target_, so it cannot be built. Give it one, or switch it off with "
                 f"{what}.{name}=null."
             )
-        built.append(instantiate(node))
+        built.append(construct(node, f"{what}.{name}"))
     return built
 
 

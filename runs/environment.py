@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# Lines of Lightning's that tell a user nothing about the run: advertisements for its cloud
-# services, and a deprecation inside Lightning itself (torch's pytree API), printed on every
-# fit. Each is matched by its own text; every other warning and message is left as it is.
+# Lines of libraries that tell a user nothing about the run: Lightning's advertisements for its
+# cloud services and a deprecation inside Lightning itself (torch's pytree API), printed on every
+# fit, and faiss's report of which CPU build it loaded. Each is matched by its own text (faiss's
+# by its logger, at INFO); every other warning and message is left as it is.
 _ADVERTISEMENT = "💡 Tip:"
 _LIBRARY_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
@@ -31,6 +32,7 @@ def setup() -> None:
     keeps Lightning's advertisements and its own internal deprecation out of the output."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     warnings.filterwarnings("ignore", message=_LIBRARY_DEPRECATION)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it loaded, on every import
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoAdvertisement) for f in logger.filters):

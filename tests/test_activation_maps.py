@@ -8,7 +8,13 @@ import timm
 import torch
 from torch import nn
 
-from evaluation.activation_maps import class_activation_maps, find_target_layer, overlay, side_by_side
+from evaluation.activation_maps import (
+    class_activation_maps,
+    find_target_layer,
+    layer_for_input,
+    overlay,
+    side_by_side,
+)
 
 
 class BrightnessScorer(nn.Module):
@@ -88,3 +94,13 @@ def test_overlay_sits_beside_the_original_and_reddens_where_the_map_is_high():
     factor = 4  # 24 px short side -> at least 96 px
     assert tile.shape[0] == 24 * factor and tile.shape[1] > 2 * 32 * factor
     np.testing.assert_array_equal(tile[::factor, : 32 * factor : factor], image)  # the original, enlarged
+
+
+def test_channels_last_stages_and_misspelt_layers_are_refused_not_misread():
+    # Swin's stages output N x h x w x C: 4-D, but not a map Grad-CAM can read as N x C x h x w.
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=2).eval()
+    with pytest.raises(ValueError, match="not an N x C x h x w"):
+        class_activation_maps(swin, torch.randn(1, 3, 224, 224), [0], layer=layer_for_input(swin, (224, 224)))
+    resnet = timm.create_model("resnet10t", pretrained=False, num_classes=2).eval()
+    with pytest.raises(ValueError, match=r"no module 'stage\.2'; its stages are \[.*'layer2'"):
+        class_activation_maps(resnet, torch.randn(1, 3, 64, 64), [0], layer="stage.2")

@@ -144,6 +144,11 @@ def test_stratified_subset_is_bounded_and_keeps_every_class():
     counts = np.bincount(targets[subset], minlength=5)
     assert counts.min() >= 1 and counts[0] > counts[1] > counts[2]
     assert np.array_equal(subset, stratified_subset(targets, 200, seed=0))
+    # More classes than samples allowed: one sample each of a random choice of classes, not the first ones.
+    many = np.repeat(np.arange(300), 3)
+    subset = stratified_subset(many, 200, seed=0)
+    assert len(subset) == 200 and len(np.unique(many[subset])) == 200
+    assert many[subset].max() > 250
 
 
 def test_nearest_uses_cosine_similarity():

@@ -56,6 +56,8 @@ def test_cells_cover_every_type_and_severity():
     assert grid_cells(CIFAR, ["jpeg"]) == [(CLEAN, 0), *(("jpeg", s) for s in range(1, 6))]
     with pytest.raises(ValueError, match="not configured"):
         grid_cells(CIFAR, ["frost"])
+    with pytest.raises(ValueError, match=r"\['fog'\] more than once"):  # before any image is scored
+        grid_cells(CIFAR, ["fog", "jpeg", "fog"])
 
 
 def test_an_item_is_exactly_what_the_core_corruption_pipeline_makes(samples):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -46,6 +47,10 @@ def test_table_is_tidy_ordered_and_survives_a_csv_round_trip(tmp_path):
     np.testing.assert_allclose(back["accuracy"], table["accuracy"])
     with pytest.raises(ValueError, match="scored once"):
         robustness_table([*RUN, RUN[1]])
+    # A baseline file with a row twice would count its errors twice: refused, naming the row.
+    pd.concat([table, table.iloc[[3]]]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="appear once"):
+        read_robustness_table(path)
 
 
 def test_ce_mce_and_relative_mce_follow_hendrycks_definitions(tmp_path):

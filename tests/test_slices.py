@@ -117,6 +117,23 @@ def test_markdown_and_bar_chart_show_the_worst_first(table, tmp_path):
     assert Image.open(tmp_path / "slices.png").size[1] > 300
 
 
+def test_missing_value_text_and_infinities_do_not_turn_a_numeric_column_into_text():
+    # A manifest column read as text: 100 altitudes, one "NaN", one "N/A", one "inf".
+    altitude = pd.Series([str(v) for v in range(100)] + ["NaN", "N/A", "inf"])
+    labels, kind, reason = column_groups(altitude, bins=4)
+    assert (kind, reason) == ("numeric", None)
+    counts = labels.value_counts()
+    assert counts["(missing)"] == 3 and counts.drop("(missing)").tolist() == [25, 25, 25, 25]
+    assert not any("nan" in str(label) for label in counts.index)
+
+
+def test_shortcut_check_skips_a_class_with_one_training_sample():
+    frame = pd.DataFrame({"camera": ["a", "b"] * 10 + ["a"], "target": [0] * 20 + [1]})
+    report = shortcut_check(frame, columns=["camera"], class_names=["car", "person"])
+    assert report.warned == [] and report.table.empty
+    assert "single training sample" in report.skipped["camera"]
+
+
 def test_shortcut_check_warns_on_the_planted_column_only(table):
     metadata = ["camera", "altitude", "time_of_day", "site", "flight_id", "operator"]
     report = shortcut_check(table, columns=metadata, class_names=CLASSES)
