@@ -3,6 +3,7 @@ core's corruption pipeline, macro-F1 as torchmetrics computes it, and clear erro
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torchmetrics.functional.classification import multiclass_f1_score
 
@@ -18,6 +20,7 @@ from datamodules.corruptions import Corrupt, load_suite, sample_seed, with_corru
 from datamodules.transforms import build_eval_transform
 from evaluation.robustness import CLEAN, read_robustness_table
 from evaluation.robustness_grid import GridDataset, GridSamples, grid_cells, macro_f1, score_grid, split_at_normalize
+from runs import build
 from runs.errors import ConfigError
 from tests.checks_data import texture
 from tests.conftest import ROOT
@@ -88,6 +91,26 @@ def test_scores_do_not_depend_on_workers_or_batch_size(samples, model):
     assert (one.corrupt_seconds[1:] > 0).all() and one.corrupt_seconds[0] == 0  # the clean cell is not corrupted
     other_seed = score_grid(model, samples, EVAL, CIFAR, num_classes=4, cells=cells, seed=1)
     assert other_seed.confusion[0].tolist() == one.confusion[0].tolist()  # clean: no randomness at all
+
+
+def test_a_model_in_another_precision_gets_its_input_cast(samples, model):
+    # A 64-true (or 16-true, bf16-true) model takes its dtype: the grid casts the float32 batch
+    # as Lightning's own loops do, and scores the same as in 32 bits.
+    cells = grid_cells(CIFAR, ["jpeg"])
+    wide = copy.deepcopy(model).double()
+    with pytest.raises(RuntimeError):
+        score_grid(wide, samples, EVAL, CIFAR, num_classes=4, cells=cells)
+    scores = score_grid(wide, samples, EVAL, CIFAR, num_classes=4, cells=cells, convert_input=lambda x: x.double())
+    np.testing.assert_array_equal(
+        scores.confusion, score_grid(model, samples, EVAL, CIFAR, num_classes=4, cells=cells).confusion
+    )
+
+
+def test_a_refused_grid_option_is_one_line_naming_the_key():
+    node = OmegaConf.load(ROOT / "conf" / "robustness" / "cifar.yaml")
+    node.max_samples = 0
+    with pytest.raises(ConfigError, match=r"^robustness: .*max_samples=0"):
+        build.construct(node, "robustness")
 
 
 def test_macro_f1_matches_torchmetrics():
