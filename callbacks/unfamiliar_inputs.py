@@ -131,9 +131,10 @@ class UnfamiliarInputs(OutputsReader):
             collate_fn=collate_skipping_failures,
         )
         parts = []
-        with torch.inference_mode():
+        precision = trainer.precision_plugin  # the run's precision, as Lightning's own loops apply it
+        with torch.inference_mode(), precision.forward_context():
             for batch in loader:
                 if batch["image"].numel():
-                    features = backbone.forward_features(batch["image"].to(device))
+                    features = backbone.forward_features(precision.convert_input(batch["image"].to(device)))
                     parts.append(backbone.forward_head(features, pre_logits=True).float().cpu().numpy())
         return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)

@@ -166,3 +166,20 @@ def test_a_temperature_can_be_fitted_where_lightning_runs_test_hooks():
     expected = fit_temperature(logits, targets)
     with torch.inference_mode():  # as in on_test_epoch_end
         assert fit_temperature(torch.tensor(logits), torch.tensor(targets)) == pytest.approx(expected)
+
+
+def test_a_bf16_run_keeps_its_own_passes_in_the_models_precision(tiny_cfg):
+    # The activation maps and the unfamiliar-input index run the backbone outside Lightning's
+    # loops: they cast their float32 batches as those loops do, or a bf16-true model refuses them.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train import train
+
+    cfg = tiny_cfg("trainer.precision=bf16-true", "trainer.max_epochs=1", "audit=off")
+    train(cfg)
+    run_dir = cfg.paths.output_dir
+    events = EventAccumulator(f"{run_dir}/tensorboard", size_guidance={"images": 0})
+    events.Reload()
+    assert {"val/activation_maps_errors", "val/activation_maps_correct"} <= set(events.Tags()["images"])
+    embeddings = np.load(f"{run_dir}/familiarity/train_embeddings.npy")
+    assert embeddings.dtype == np.float32 and len(embeddings) > 0 and np.isfinite(embeddings).all()
