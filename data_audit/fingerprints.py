@@ -51,7 +51,8 @@ class Fingerprints:
         digests: ``(N, 2)`` uint64, a 128-bit BLAKE2b digest of the decoded pixels and their shape
             (zero where unreadable): equal digests are the same picture, whatever the file format.
         phashes: ``(N,)`` uint64 perceptual hashes (:func:`data_audit.properties.perceptual_hash`).
-        thumbnails: ``(N, 48)`` uint8 colour thumbnails (:func:`data_audit.properties.colour_thumbnail`).
+        thumbnails: ``(N, THUMBNAIL_VALUES)`` uint8 colour and structure thumbnails
+            (:func:`data_audit.properties.colour_thumbnail`).
         properties: ``(N, len(PROPERTY_NAMES))`` float32, NaN where unreadable.
         seconds: wall time of the pass.
         executor: ``"process"`` or ``"thread"``, as run.

@@ -29,6 +29,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from data_audit.properties import COLOUR_VALUES
+
 PAIR_COLUMNS = ("a", "b", "method", "distance")
 """A pair table: row indices ``a < b``, the method that linked them, and its distance
 (0 for ``exact``; differing bits of 64 for ``phash``; ``1 - cosine similarity`` for ``embedding``)."""
@@ -47,6 +49,11 @@ PHASH_SPREAD = 4.5
 # thumbnails (0-255 levels, after matching brightness): copies measured <= 5.1 (a +15% brightness
 # that clips highlights), look-alikes in other colours 58 on average, 3 of 945 below 15.
 COLOUR_MAX_DIFFERENCE = 12.0
+# ... and in structure: the Pearson correlation of the 16 x 16 luma thumbnails at least this.
+# Copies of 96-px photo crops measured >= 0.90 (a 2-px crop; JPEG, resizing and brightness >= 0.97;
+# >= 0.87 at 64 px, >= 0.97 at 224 px); the one pair of different built-in digits that shares a
+# hash and a colour layout (a 1 and a 7) 0.65.
+STRUCTURE_MIN_CORRELATION = 0.8
 # Cosine similarity (of mean-centred features) from which two images count as the same picture.
 # Pooled features of the packaged ImageNet EfficientNet-Lite0 on 96-px photo crops
 # (benchmarks/audit_vs_cleanvision.py): mirror images 0.87-0.99, resized and brightened copies
@@ -131,6 +138,7 @@ def hash_pairs(
     *,
     thumbnails: np.ndarray | None = None,
     max_colour_difference: float = COLOUR_MAX_DIFFERENCE,
+    min_structure_correlation: float = STRUCTURE_MIN_CORRELATION,
 ) -> pd.DataFrame:
     """Pairs of ``rows`` whose perceptual hashes differ in at most ``max_bits`` bits (multi-index hashing).
 
@@ -138,9 +146,12 @@ def hash_pairs(
         phashes: ``(N,)`` uint64 hashes of every row of the data set.
         rows: the rows to search.
         max_bits: Hamming threshold.
-        thumbnails: ``(N, 48)`` colour thumbnails; when given, a hash match counts only if the
-            colours agree too (:func:`colour_difference` at most ``max_colour_difference``).
+        thumbnails: ``(N, THUMBNAIL_VALUES)`` thumbnails (:func:`data_audit.properties.colour_thumbnail`);
+            when given, a hash match counts only if the colours agree too (:func:`colour_difference`
+            at most ``max_colour_difference``) and so does the structure
+            (:func:`structure_correlation` at least ``min_structure_correlation``).
         max_colour_difference: in 0-255 levels.
+        min_structure_correlation: Pearson correlation, -1 to 1.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) < 2:
@@ -155,6 +166,7 @@ def hash_pairs(
     a, b, distances = rows[queries[keep]], rows[neighbours[keep]], distances[keep]
     if thumbnails is not None:
         agree = colour_difference(thumbnails, a, b) <= max_colour_difference
+        agree &= structure_correlation(thumbnails, a, b) >= min_structure_correlation
         a, b, distances = a[agree], b[agree], distances[agree]
     return _pairs(a, b, "phash", distances)
 
@@ -162,10 +174,21 @@ def hash_pairs(
 def colour_difference(thumbnails: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Mean absolute difference (0-255 levels) of the colour thumbnails of rows ``a`` and ``b``,
     after scaling ``b``'s to ``a``'s mean brightness (so a brightness change is not a colour change)."""
-    ta = thumbnails[a].astype(np.float32)
-    tb = thumbnails[b].astype(np.float32)
+    ta = thumbnails[a, :COLOUR_VALUES].astype(np.float32)
+    tb = thumbnails[b, :COLOUR_VALUES].astype(np.float32)
     scale = (ta.mean(axis=1, keepdims=True) + 1) / (tb.mean(axis=1, keepdims=True) + 1)
     return np.abs(ta - np.clip(tb * scale, 0, 255)).mean(axis=1)
+
+
+def structure_correlation(thumbnails: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of the 16 x 16 luma thumbnails of rows ``a`` and ``b`` (unchanged by a
+    brightness or contrast change); 1 where either is flat (nothing to tell apart)."""
+    la = thumbnails[a, COLOUR_VALUES:].astype(np.float32)
+    lb = thumbnails[b, COLOUR_VALUES:].astype(np.float32)
+    la -= la.mean(axis=1, keepdims=True)
+    lb -= lb.mean(axis=1, keepdims=True)
+    norm = np.sqrt((la * la).sum(axis=1) * (lb * lb).sum(axis=1))
+    return np.where(norm > 0, (la * lb).sum(axis=1) / np.where(norm > 0, norm, 1), 1.0)
 
 
 def embedding_pairs(

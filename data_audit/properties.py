@@ -61,9 +61,12 @@ PROPERTY_NAMES = (
 _PHASH_SIDE = 32
 _PHASH_BITS_SIDE = 8
 _BIT_WEIGHTS = (1 << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
-# Side of the colour thumbnail that confirms a hash match (4 x 4 x RGB = 48 bytes per image).
+# A hash match is confirmed by a thumbnail of the image: 4 x 4 RGB for its colour layout (48
+# bytes), then 16 x 16 luma for its structure (256 bytes), 304 bytes per image.
 THUMBNAIL_SIDE = 4
-THUMBNAIL_VALUES = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
+COLOUR_VALUES = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
+STRUCTURE_SIDE = 16
+THUMBNAIL_VALUES = COLOUR_VALUES + STRUCTURE_SIDE * STRUCTURE_SIDE
 
 
 def working_copy(rgb: np.ndarray, side: int = WORK_SIDE) -> np.ndarray:
@@ -157,11 +160,18 @@ def perceptual_hash(gray: np.ndarray) -> int:
 
 
 def colour_thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """The image averaged down to 4 x 4 RGB, flattened to 48 uint8 values: its colour layout.
+    """The image averaged down to 4 x 4 RGB (48 uint8 values: its colour layout), then its luma at
+    16 x 16 (256 values: its structure); :data:`THUMBNAIL_VALUES` in all.
 
-    The perceptual hash sees only luma structure, so the same shape in other colours (a
-    product photographed in each of its colours, a digit in another ink) hashes alike; this
-    tells them apart (see :func:`data_audit.near_duplicates.colour_difference`).
+    The perceptual hash sees only the sign pattern of low frequencies, so the same shape in other
+    colours (a product photographed in each of its colours, a digit in another ink) and, in sets
+    of alike images, different pictures (a 1 and a 7 written with one slanted stroke) hash alike;
+    the colour and structure parts tell them apart (see
+    :func:`data_audit.near_duplicates.colour_difference` and ``structure_correlation``).
     """
-    small = cv2.resize(np.ascontiguousarray(rgb), (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
-    return small.reshape(-1)
+    rgb = np.ascontiguousarray(rgb)
+    small = cv2.resize(rgb, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
+    gray = luma(rgb)
+    shrink = cv2.INTER_AREA if min(gray.shape) >= STRUCTURE_SIDE else cv2.INTER_LINEAR
+    structure = cv2.resize(gray, (STRUCTURE_SIDE, STRUCTURE_SIDE), interpolation=shrink)
+    return np.concatenate([small.reshape(-1), structure.reshape(-1)])

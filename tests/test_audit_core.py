@@ -29,8 +29,8 @@ from data_audit import (
     run_audit,
     write_audit,
 )
-from data_audit.near_duplicates import hash_pairs
-from data_audit.properties import perceptual_hash
+from data_audit.near_duplicates import STRUCTURE_MIN_CORRELATION, hash_pairs, structure_correlation
+from data_audit.properties import colour_thumbnail, perceptual_hash
 from datamodules.image_io import read_rgb
 from datamodules.sources import DataError, Sample
 from tests.audit_planted import NEAR_KINDS, build, crops, photos
@@ -249,6 +249,22 @@ def test_builtin_digits_cheap_mode(tmp_path):
     assert findings.counts()["images_with_any_quality_flag"] <= 50
     # Digits are alike at low frequencies, so the hash threshold tightens and few pairs remain.
     assert findings.settings["phash_bits"] <= 2 and len(findings.pairs) < 100
+    # A 1 and a 7 written with one slanted stroke share a hash and a colour layout, not a
+    # structure: no pair of the built-in digits is a "conflicting label".
+    assert findings.counts()["conflicting_label_groups"] == 0
+
+
+def test_the_structure_thumbnail_vetoes_different_pictures_that_share_a_hash(tmp_path):
+    from datamodules.sources import builtin_digits
+
+    root = builtin_digits(tmp_path / "mnist")
+    pair = (("1", "mnist_0859.png"), ("7", "mnist_3832.png"))
+    one, seven = (read_rgb(str(root / label / name)) for label, name in pair)
+    phashes = np.array([perceptual_hash(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)) for x in (one, seven)], dtype=np.uint64)
+    thumbnails = np.stack([colour_thumbnail(one), colour_thumbnail(seven)])
+    assert len(hash_pairs(phashes, np.arange(2), 1)) == 1  # the hash alone matches them
+    assert structure_correlation(thumbnails, np.array([0]), np.array([1]))[0] < STRUCTURE_MIN_CORRELATION
+    assert hash_pairs(phashes, np.arange(2), 1, thumbnails=thumbnails).empty
 
 
 def test_a_recoloured_copy_is_not_a_hash_duplicate(planted, tmp_path):
