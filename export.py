@@ -26,7 +26,7 @@ from inference.export import SUFFIXES, ExportedClassifier, export_classifier
 from inference.sidecar import MODEL_FORMATS, sidecar_path
 from runs import build, ddp, environment
 from runs.checkpoints import read_checkpoint
-from runs.errors import ConfigError, reported
+from runs.errors import ConfigError, ExportError, reported
 from runs.folder import RunFolder
 
 # The largest probability difference an export may show against PyTorch on the same images.
@@ -40,8 +40,7 @@ def export(cfg: DictConfig) -> dict:
     if not isinstance(cfg.verify, int) or cfg.verify < 0:
         raise ConfigError(f"verify={cfg.verify!r} must be a number of validation images (0: skip the check).")
     opts = OmegaConf.to_container(cfg.predict, resolve=True)
-    blocked = opts["blocked_classes"] or []
-    blocked = [blocked] if isinstance(blocked, str) else [str(c) for c in blocked]
+    blocked = run_files.class_list(opts["blocked_classes"])
     trained = read_checkpoint(cfg.ckpt_path)
     unknown = sorted(set(blocked) - set(trained.class_names))
     if unknown:
@@ -52,8 +51,15 @@ def export(cfg: DictConfig) -> dict:
     found = run_files.for_checkpoint(
         trained.run_dir, trained.epoch, trained.class_names, opts["thresholds"], opts["familiarity"]
     )
+    if set(blocked) >= set(trained.class_names):
+        raise ConfigError(
+            f"predict.blocked_classes={blocked} blocks every class of the model: nothing could ever be labelled."
+        )
     if found.familiarity is not None and not cfg.embedding:
-        raise ConfigError("the unfamiliar-input index needs the embedding output: embedding=true or familiarity=null.")
+        raise ConfigError(
+            "the unfamiliar-input index needs the embedding output: embedding=true, or export without the index "
+            "with predict.familiarity=null."
+        )
     with build.claimed(cfg, RunFolder(cfg.paths.output_dir)) as folder:
         return _export(cfg, folder, trained, found, blocked)
 
@@ -109,6 +115,12 @@ def _export(cfg: DictConfig, folder: RunFolder, trained, found, blocked: list[st
         *(("note", note) for note in found.notes),
     ]
     folder.print_summary(rows, review=f"python predict.py model={path} input=DIR")
+    if checked and not delta <= PARITY_TOLERANCE:
+        raise ExportError(
+            f"the exported model's probabilities differ from the checkpoint's by up to {delta:.1e} on {checked} "
+            f"validation images, more than {PARITY_TOLERANCE:g}: do not use {path}. Try the other format "
+            "(format=onnx or format=torchscript)."
+        )
     return record
 
 

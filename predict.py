@@ -40,8 +40,7 @@ def predict(cfg: DictConfig) -> dict:
             "give the images to predict: input=DIR (any depth), input=FILE.csv (a path column) or input=IMAGE."
         )
     opts = OmegaConf.to_container(cfg.predict, resolve=True)
-    if isinstance(opts["blocked_classes"], str):  # predict.blocked_classes=person: one class
-        opts["blocked_classes"] = [opts["blocked_classes"]]
+    opts["blocked_classes"] = run_files.class_list(opts["blocked_classes"])  # also one name without brackets
     if cfg.rank not in RANKINGS:
         raise ConfigError(f"rank={cfg.rank!r}: the only ranking is rank=label_next (or leave rank unset).")
     if opts["uncertainty"] not in UNCERTAINTY_METHODS:
@@ -54,7 +53,9 @@ def predict(cfg: DictConfig) -> dict:
     model, found = _model(cfg, opts)
     if cfg.rank and not model.has_embedding:
         raise ConfigError("rank=label_next needs the model's embeddings: export with embeddings (the default).")
-    blocked = {*model.blocked_classes, *(str(c) for c in opts["blocked_classes"] or [])}
+    blocked = {*model.blocked_classes, *opts["blocked_classes"]}
+    if found.familiarity is not None:
+        _check_index(model, found)
     try:
         policy = OutputPolicy(
             tuple(model.class_names),
@@ -72,6 +73,32 @@ def predict(cfg: DictConfig) -> dict:
 
     with build.claimed(cfg, RunFolder(cfg.paths.output_dir)) as folder:
         return _run(cfg, opts, folder, model, found, policy, catalogue, loader)
+
+
+def _check_index(model: prediction.PredictionModel, found: run_files.RunFiles) -> None:
+    """The unfamiliar-input index fits the model: it has a threshold, and the model gives embeddings
+    of its width (one image of the model's input size is run to see).
+
+    Raises:
+        ConfigError: it does not.
+    """
+    index = found.familiarity
+    where = f"the unfamiliar-input index ({found.familiarity_from})"
+    if not model.has_embedding:
+        raise ConfigError(
+            f"{where} needs the model's embeddings, but this export has none: export with embedding=true, "
+            "or predict.familiarity=null."
+        )
+    if index.threshold is None:
+        raise ConfigError(f"{where} has no threshold (it was never calibrated on validation images).")
+    height, width = model.preprocessing.input_size
+    _, embedding = model.run(torch.zeros(1, 3, height, width))
+    if embedding is None or embedding.shape[1] != index.dim:
+        got = "none" if embedding is None else f"{embedding.shape[1]} values"
+        raise ConfigError(
+            f"{where} was built on embeddings of {index.dim} values; this model gives {got}. Use the index of the "
+            "run the model comes from, or predict.familiarity=null."
+        )
 
 
 def _model(cfg: DictConfig, opts: dict) -> tuple[prediction.PredictionModel, run_files.RunFiles]:
@@ -198,7 +225,7 @@ def _print_summary(folder: RunFolder, summary: dict, *, ranked: bool) -> None:
         ("speed", f"{speed} images/s" if speed else "-"),
         *(("note", note) for note in summary["notes"]),
     ]
-    if ranked:
+    if ranked and (folder.root / "label_next.csv").is_file():
         rows.append(("label next", str(folder.root / "label_next.csv")))
     folder.print_summary(rows, review=str(folder.root / "predictions.csv"))
 

@@ -102,7 +102,7 @@ def unlabelled_samples(source: str | os.PathLike) -> SourceListing:
             if real not in seen:
                 seen.add(real)
                 listing.samples.append(Sample(real, None))
-    elif source.suffix.lower() == ".csv":
+    elif source.suffix.lower() == ".csv" and source.is_file():
         table = read_table(source, "input")
         if "path" not in table.columns:
             raise DataError(f"input: {source} has no 'path' column; its columns are {list(table.columns)}.")

@@ -46,6 +46,13 @@ class RunFiles:
     notes: list[str] = field(default_factory=list)
 
 
+def class_list(value) -> list[str]:
+    """``predict.blocked_classes`` as class names: a list, or one name (Hydra reads ``=3`` as the number 3)."""
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+
+
 def off(setting) -> bool:
     """``null``, ``none``, ``false`` or an empty string switch a file off."""
     return setting is None or setting is False or str(setting).strip().lower() in ("", "none", "null", "false")

@@ -22,6 +22,10 @@ class CheckpointError(LookoutError):
     """A checkpoint cannot be read or does not hold what lookout saves."""
 
 
+class ExportError(LookoutError):
+    """An export does not compute what its checkpoint computes."""
+
+
 class RunFolderError(LookoutError):
     """The run folder is in use by another run, or holds a finished run that was not asked to resume."""
 

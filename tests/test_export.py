@@ -89,6 +89,7 @@ def test_the_sidecar_carries_the_runs_files(trained, tmp_path):
         (["format=pickle"], r"format='pickle' must be one of \['onnx', 'torchscript'\]"),
         (["predict.blocked_classes=[cat]"], r"predict.blocked_classes=\['cat'\] names classes the model does not have"),
         (["embedding=false"], "the unfamiliar-input index needs the embedding output"),
+        ([f"predict.blocked_classes=[{','.join(f'digit_{c}' for c in range(10))}]"], "blocks every class"),
     ],
 )
 def test_export_mistakes_are_named(trained, tmp_path, overrides, message):

@@ -202,6 +202,7 @@ def test_run_files_made_for_another_epoch_are_left_out_with_a_note(trained):
         (["model_file=/nowhere/model.onnx"], "give one model"),
         (["predict.thresholds=/nowhere/thresholds.csv"], "does not exist"),
         (["input=/nowhere"], "input='/nowhere' does not exist"),
+        (["input=/nowhere/batch.csv"], "input='/nowhere/batch.csv' does not exist"),
     ],
 )
 def test_mistakes_are_named(trained, heldout, tmp_path, overrides, message):
@@ -210,4 +211,30 @@ def test_mistakes_are_named(trained, heldout, tmp_path, overrides, message):
 
     with pytest.raises((ConfigError, DataError), match=message):
         run_predict(trained, tmp_path, f"input={root}", *overrides)
+    assert not (tmp_path / "predict" / "predictions.csv").exists()
+
+
+def test_one_blocked_class_may_be_given_without_brackets(trained, heldout, tmp_path):
+    from inference.run_files import class_list
+
+    assert class_list(3) == ["3"] and class_list("digit_3") == ["digit_3"] and class_list(None) == []
+    root, _, _ = heldout
+    summary, out = run_predict(trained, tmp_path, f"input={root}", "predict.blocked_classes=digit_3")
+    assert summary["blocked_classes"] == ["digit_3"]
+    assert all(r["label"] != "digit_3" for r in _rows(out / "predictions.csv"))
+
+
+def test_an_index_that_does_not_fit_the_model_stops_before_any_image_is_read(trained, heldout, tmp_path):
+    from inference.familiarity import FamiliarityIndex
+
+    root, _, _ = heldout
+    rng = np.random.default_rng(0)
+    narrow = FamiliarityIndex(rng.random((20, 8), dtype=np.float32), k=3)
+    narrow.calibrate(rng.random((5, 8), dtype=np.float32))
+    narrow.save(tmp_path / "narrow")
+    with pytest.raises(ConfigError, match="built on embeddings of 8 values; this model gives"):
+        run_predict(trained, tmp_path, f"input={root}", f"predict.familiarity={tmp_path / 'narrow'}")
+    FamiliarityIndex(rng.random((20, 8), dtype=np.float32), k=3).save(tmp_path / "uncalibrated")
+    with pytest.raises(ConfigError, match="has no threshold"):
+        run_predict(trained, tmp_path, f"input={root}", f"predict.familiarity={tmp_path / 'uncalibrated'}")
     assert not (tmp_path / "predict" / "predictions.csv").exists()
