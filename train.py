@@ -68,7 +68,9 @@ def _fit(cfg: DictConfig, folder: RunFolder, options: dict, child: bool, setting
     leakage = {}
     if audit is not None and audit.set_aside:  # rank zero alone, after every collective call
         device = trainer.strategy.root_device
-        leakage = audit_loops.leakage_effect(model, datamodule, checkpoint=evaluated, device=device)
+        leakage = audit_loops.leakage_effect(
+            model, datamodule, checkpoint=evaluated, device=device, precision=trainer.precision_plugin
+        )
         metrics.update(leakage)
 
     if trainer.is_global_zero:

@@ -7,6 +7,7 @@ when they run, so ``audit.py`` in cheap mode never loads it for the audit itself
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -70,12 +71,13 @@ def embedding_notes(model: Mapping) -> list[str]:
     ]
 
 
-def leakage_effect(model, datamodule, *, checkpoint: str | None, device) -> dict[str, float]:
+def leakage_effect(model, datamodule, *, checkpoint: str | None, device, precision=None) -> dict[str, float]:
     """Accuracy on each evaluated split without and with its set-aside leaked images, and on those
     alone, with the weights of ``checkpoint`` (the run's best; None: the weights in memory).
 
     A plain no-grad loop with the evaluation transform on one process, after the run's own
-    evaluation: it adds one pass over the validation and test images.
+    evaluation: it adds one pass over the validation and test images. ``precision``: the
+    trainer's precision plugin, which casts each batch to the model's dtype (16-true, bf16-true).
 
     Returns:
         ``{"val/acc_without_leaked", "val/acc_with_leaked", "leaked_val/acc", and the same for test}``
@@ -99,10 +101,12 @@ def leakage_effect(model, datamodule, *, checkpoint: str | None, device) -> dict
             collate_fn=collate_skipping_failures,
         )
         right = seen = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), precision.forward_context() if precision is not None else nullcontext():
             for batch in loader:
                 if len(batch["index"]):
-                    predicted = model(batch["image"].to(device)).argmax(dim=1).cpu()
+                    images = batch["image"].to(device)
+                    images = precision.convert_input(images) if precision is not None else images
+                    predicted = model(images).argmax(dim=1).cpu()
                     right += int((predicted == batch["target"]).sum())
                     seen += len(batch["index"])
         return right, seen

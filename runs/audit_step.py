@@ -75,7 +75,9 @@ class AuditSettings:
         for key, value in quality.items():
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"audit.quality.{key}={value!r} must be a number >= 0.")
-        values["fail_on"] = tuple(values.get("fail_on") or ())
+        fail_on = values.get("fail_on") or ()
+        # audit.fail_on=leakage (one kind without brackets) is a string, not a list of characters.
+        values["fail_on"] = (fail_on,) if isinstance(fail_on, str) else tuple(fail_on)
         settings = cls(**values, quality=QualityThresholds(**quality))
         settings._check()
         return settings

@@ -213,3 +213,9 @@ def test_full_mode_adds_the_backbone_embedding_search(audited, tmp_path):
     assert set(cheap.duplicates["path"]) <= set(findings.duplicates["path"])  # the embeddings only add links
     markdown = (tmp_path / "run" / "reports" / "audit" / "audit.md").read_text()
     assert "| - images linked only by embeddings |" in markdown and "random weights" in markdown
+
+
+def test_one_fail_on_kind_may_be_given_without_brackets():
+    assert AuditSettings.from_config({"fail_on": "leakage"}).fail_on == ("leakage",)
+    with pytest.raises(ConfigError, match=r"audit.fail_on=\('leaks',\)|audit.fail_on=\['leaks'\]"):
+        AuditSettings.from_config({"fail_on": "leaks"})

@@ -159,3 +159,22 @@ def test_the_default_run_audits_and_sets_nothing_aside(trained):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert "audit/look_at_your_data" in events.Tags()["images"]
+
+
+def test_the_leakage_pass_runs_in_the_models_precision(leaky, tmp_path):
+    # The with/without-leaked pass runs the model outside Lightning's loops: a bf16-true model
+    # takes its batches cast as those loops cast them.
+    from train import train
+
+    cfg = compose_config(
+        [
+            *tiny_overrides(leaky[0], tmp_path / "run"),
+            "audit.drop_leaked=true",
+            "audit.progress=false",
+            "trainer.precision=bf16-true",
+            "trainer.max_epochs=1",
+        ]
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = train(cfg)
+    assert 0 <= metrics["val/acc_with_leaked"] <= 1 and 0 <= metrics["leaked_val/acc"] <= 1
