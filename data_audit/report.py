@@ -150,18 +150,33 @@ def next_step(
     if not c["audited"]:
         return "No image could be read, so there is nothing else to report.", None
     if c["leaked_images"] or c["redundant_copies"] or c["images_with_conflicting_labels"]:
-        return (
+        return _excluding(
+            train_command,
             "Look at the groups first (duplicates.csv, conflicting_labels.csv), then train without the copies, "
             f"the leaked images and the conflicting labels (or only make the metrics honest: "
             f"data.exclude={folder}/{FILES['leakage']}):",
-            f"{train_command} data.exclude={folder}/{FILES['suggested_exclude']}",
+            f"{folder}/{FILES['suggested_exclude']}",
         )
     if c["images_with_any_quality_flag"]:
-        return (
+        return _excluding(
+            train_command,
             "No duplicates or leakage. Look at the flagged images; to leave them all out:",
-            f"{train_command} data.exclude={folder}/{FILES['quality']}",
+            f"{folder}/{FILES['quality']}",
         )
     return "Nothing to act on: train as planned.", train_command
+
+
+def _excluding(train_command: str, advice: str, exclude: str) -> tuple[str, str | None]:
+    """``train_command`` with ``data.exclude=exclude``; when the command already has a
+    ``data.exclude`` (Hydra would keep only the last one, silently dropping the user's list), advice
+    to merge the two files instead of a command."""
+    if any(part.startswith("data.exclude=") for part in train_command.split()):
+        return (
+            f"{advice} data.exclude takes one CSV and this audit already ran with one: add the rows of {exclude} "
+            f"to it (both have a path column), then run {train_command}",
+            None,
+        )
+    return advice, f"{train_command} data.exclude={exclude}"
 
 
 def audit_markdown(

@@ -315,3 +315,13 @@ def test_nothing_readable_is_reported_not_raised(tmp_path):
     assert findings.counts()["unreadable"] == 2 and findings.counts()["audited"] == 0
     markdown = write_audit(findings, tmp_path / "audit")["markdown"].read_text()
     assert "No image could be read" in markdown and "2 unreadable" in markdown
+
+
+def test_the_next_command_never_drops_the_users_own_exclusions(cheap):
+    from data_audit import next_step
+
+    advice, command = next_step(cheap, "/r", "python train.py data=folder data.root=/d")
+    assert command == "python train.py data=folder data.root=/d data.exclude=/r/suggested_exclude.csv"
+    # Hydra keeps only the last data.exclude: a second one would silently bring the user's list back.
+    advice, command = next_step(cheap, "/r", "python train.py data=folder data.root=/d data.exclude=/d/bad.csv")
+    assert command is None and "add the rows of /r/suggested_exclude.csv to it" in advice
