@@ -225,10 +225,18 @@ def embedding_pairs(
     k = min(neighbours + 1, len(rows))
     if len(rows) <= exact_limit:
         index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
     else:
         index = faiss.IndexHNSWFlat(x.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = max(64, 2 * k)
-    index.add(x)
+        # Threads insert into the graph in no fixed order, so the graph (and which near
+        # duplicates it finds) would change from run to run: built on one thread, searched on all.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            index.add(x)
+        finally:
+            faiss.omp_set_num_threads(threads)
     similarity, found = index.search(x, k)
     queries = np.repeat(np.arange(len(rows)), k).reshape(len(rows), k)
     keep = (found >= 0) & (found != queries) & (similarity >= min_cosine)

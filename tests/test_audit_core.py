@@ -325,3 +325,13 @@ def test_the_next_command_never_drops_the_users_own_exclusions(cheap):
     # Hydra keeps only the last data.exclude: a second one would silently bring the user's list back.
     advice, command = next_step(cheap, "/r", "python train.py data=folder data.root=/d data.exclude=/d/bad.csv")
     assert command is None and "add the rows of /r/suggested_exclude.csv to it" in advice
+
+
+def test_the_approximate_embedding_search_gives_the_same_pairs_every_run():
+    from data_audit.near_duplicates import embedding_pairs
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x[1500:1600] = x[:100] + 0.01 * rng.standard_normal((100, 64)).astype(np.float32)  # 100 planted twins
+    first = embedding_pairs(x, np.arange(3000), exact_limit=1000)  # above the limit: the HNSW graph
+    assert len(first) == 100 and first.equals(embedding_pairs(x, np.arange(3000), exact_limit=1000))
