@@ -17,6 +17,7 @@ from callbacks.review import REVIEW_SPLITS, SplitReview
 from evaluation.calibration import (
     N_BINS,
     CalibrationResult,
+    bound_note,
     calibrate,
     expected_calibration_error,
     reliability_bins,
@@ -124,12 +125,15 @@ class Calibration(SplitReview):
         rendering.log_text(
             trainer,
             "val/calibration",
-            f"Temperature **{self.temperature:.3f}** {self.source}, {len(val)} samples: validation ECE "
+            f"Temperature **{self.temperature:.3f}**{bound_note(self.temperature)} {self.source}, {len(val)} "
+            "samples: validation ECE "
             f"{self.fitted.ece_before:.2%} before, {self.fitted.ece_after:.2%} after (on the samples it was fitted "
             "on; the test split gives the honest figure).",
             trainer.current_epoch,
         )
-        self._summary = [("calibration", f"temperature {self.temperature:.3f} (reports/{REPORT})")]
+        self._summary = [
+            ("calibration", f"temperature {self.temperature:.3f}{bound_note(self.temperature)} (reports/{REPORT})")
+        ]
 
     def _test(self, trainer: Trainer, outputs: EpochOutputs, step: int) -> None:
         """ECE of the test split before and after the temperature, into calibration.json and TensorBoard."""
@@ -174,7 +178,10 @@ class Calibration(SplitReview):
             step,
         )
         self._summary = [
-            ("calibration", f"test ECE {before:.2%} -> {after:.2%} with temperature {t:.3f} (reports/{REPORT})")
+            (
+                "calibration",
+                f"test ECE {before:.2%} -> {after:.2%} with temperature {t:.3f}{bound_note(t)} (reports/{REPORT})",
+            )
         ]
 
     def summary_rows(self) -> list[tuple[str, str]]:

@@ -24,6 +24,15 @@ N_BINS = 15  # equal-width confidence bins, as in Guo et al. and torchmetrics' d
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 
 
+def bound_note(temperature: float) -> str:
+    """A warning for the summaries when a fitted temperature sits at one of its bounds, else ``""``."""
+    if math.isclose(temperature, MAX_TEMPERATURE, rel_tol=1e-3):
+        return f" (at the upper bound {MAX_TEMPERATURE:g}: the validation outputs are mostly wrong or uninformative)"
+    if math.isclose(temperature, MIN_TEMPERATURE, rel_tol=1e-3):
+        return f" (at the lower bound {MIN_TEMPERATURE:g}: every validation output is right by a wide margin)"
+    return ""
+
+
 def _as_tensors(logits, targets) -> tuple[torch.Tensor, torch.Tensor]:
     logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 from evaluation.calibration import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
+    bound_note,
     calibrate,
     expected_calibration_error,
     fit_temperature,
@@ -85,7 +86,11 @@ def test_degenerate_inputs_give_a_bounded_temperature_or_a_clear_error():
     t = fit_temperature(separated, targets)
     assert MIN_TEMPERATURE <= t <= 1.0 and np.isfinite(t)
     all_wrong = np.eye(3)[(targets + 1) % 3] * 50.0  # all wrong, sure of it: T grows to its bound
-    assert 1.0 < fit_temperature(all_wrong, targets) <= MAX_TEMPERATURE
+    hot = fit_temperature(all_wrong, targets)
+    assert 1.0 < hot <= MAX_TEMPERATURE
+    # A temperature at a bound is said to be one wherever it is reported.
+    assert "upper bound" in bound_note(MAX_TEMPERATURE) and "lower bound" in bound_note(MIN_TEMPERATURE)
+    assert bound_note(1.3) == "" and (bound_note(hot) != "") == (hot > 0.999 * MAX_TEMPERATURE)
     assert np.isfinite(fit_temperature(np.array([[2.0, -1.0]]), np.array([0])))  # one sample
     with pytest.raises(ValueError, match="NaN or infinite"):
         fit_temperature(np.array([[np.nan, 1.0]]), np.array([0]))
