@@ -14,6 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def compose_config(overrides: list[str], config_name: str = "train"):
+    """The config ``python <config_name>.py <overrides>`` would run with, composed in this process."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
 def run(run_dir: Path, overrides: list[str]) -> dict:
     """Trains once in a fresh process (so memory peaks are per run); returns benchmark.json."""
     run_dir.mkdir(parents=True, exist_ok=True)

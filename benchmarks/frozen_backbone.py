@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback
 from omegaconf import open_dict
 
-from benchmarks.common import RESULTS, ROOT, machine
+from benchmarks.common import RESULTS, compose_config, machine
 
 
 class PhaseTimer(Callback):
@@ -62,17 +61,15 @@ def measure(frozen: int, unfrozen: int, overrides: list[str], run_dir: Path) -> 
     from train import train
 
     times = run_dir.parent / "epochs.json"
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[
-                f"model.freeze_backbone_epochs={frozen}",
-                f"trainer.max_epochs={frozen + unfrozen}",
-                "test=false",
-                *overrides,
-                f"paths.output_dir={run_dir}",
-            ],
-        )
+    cfg = compose_config(
+        [
+            f"model.freeze_backbone_epochs={frozen}",
+            f"trainer.max_epochs={frozen + unfrozen}",
+            "test=false",
+            *overrides,
+            f"paths.output_dir={run_dir}",
+        ]
+    )
     with open_dict(cfg):
         timer = {"_target_": "benchmarks.frozen_backbone.PhaseTimer", "path": str(times)}
         cfg.callbacks = {**dict(cfg.callbacks or {}), "phase_timer": timer}

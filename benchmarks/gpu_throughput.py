@@ -40,7 +40,7 @@ import torch
 from lightning.pytorch import Callback
 from PIL import Image
 
-from benchmarks.common import RESULTS, ROOT, machine
+from benchmarks.common import RESULTS, compose_config, machine
 
 
 # ---------------------------------------------------------------------- data
@@ -189,20 +189,13 @@ def _overrides(args, data_root: Path, device: torch.device) -> list[str]:
     ]
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 def lookout_run(args, overrides: list[str], run_dir: Path) -> dict:
     """train.py's job with every default callback and a step timer last; images per second."""
     from omegaconf import open_dict
 
     from train import train
 
-    cfg = _compose([*overrides, f"paths.output_dir={run_dir}"])
+    cfg = compose_config([*overrides, f"paths.output_dir={run_dir}"])
     timing = run_dir.parent / f"{run_dir.name}_steps.json"
     with open_dict(cfg):
         timer = {"_target_": "benchmarks.gpu_throughput.StepTimer", "path": str(timing), "warmup": args.warmup}
@@ -218,7 +211,7 @@ def datamodule(overrides: list[str], catalogue, workers: int):
 
     from runs import build
 
-    cfg = _compose([*overrides, f"data.num_workers={workers}"])
+    cfg = compose_config([*overrides, f"data.num_workers={workers}"])
     options = build.data_options(cfg)
     backbone = timm.create_model(cfg.model.name, pretrained=False, num_classes=len(catalogue.class_names))
     prep = build.preprocessing(timm.data.resolve_model_data_config(backbone), options)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, ROOT, machine
+from benchmarks.common import RESULTS, ROOT, compose_config, machine
 from datamodules import PREDICT, Catalogue, ImageDataModule, LoaderOptions
 from datamodules.sources import builtin_digits
 from runs import environment
@@ -99,25 +99,22 @@ def _index(folder: Path, size: int, dim: int) -> Path:
 def _predict(
     checkpoint: Path, manifest: Path, out: Path, batch_size: int, workers: int, index: Path | None
 ) -> tuple[float, float]:
-    from hydra import compose, initialize_config_dir
-
     from predict import predict
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="predict",
-            overrides=[
-                f"ckpt_path={checkpoint}",
-                f"input={manifest}",
-                f"paths.output_dir={out}",
-                "progress=false",
-                "device=cpu",
-                "data.scan=off",
-                f"data.batch_size={batch_size}",
-                f"data.num_workers={workers}",
-                f"predict.familiarity={index if index else 'null'}",
-            ],
-        )
+    cfg = compose_config(
+        [
+            f"ckpt_path={checkpoint}",
+            f"input={manifest}",
+            f"paths.output_dir={out}",
+            "progress=false",
+            "device=cpu",
+            "data.scan=off",
+            f"data.batch_size={batch_size}",
+            f"data.num_workers={workers}",
+            f"predict.familiarity={index if index else 'null'}",
+        ],
+        config_name="predict",
+    )
     start = time.perf_counter()
     summary = predict(cfg)
     return summary["images_per_second"], summary["predicted"] / (time.perf_counter() - start)

@@ -13,14 +13,12 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback
 from omegaconf import open_dict
 
+from benchmarks.common import compose_config
 from runs import environment
 from train import train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class EpochTimer(Callback):
@@ -83,8 +81,7 @@ class HookSpan(Callback):
 def main() -> None:
     environment.setup()
     run_dir, overrides = Path(sys.argv[1]), sys.argv[2:]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={run_dir}"])
+    cfg = compose_config([*overrides, f"paths.output_dir={run_dir}"])
     with open_dict(cfg):
         callbacks = dict(cfg.callbacks or {})
         cfg.callbacks = {
