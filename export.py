@@ -22,6 +22,7 @@ from scipy.special import softmax
 
 from datamodules import Catalogue, ImageDataModule, LoaderOptions
 from inference import prediction, run_files
+from inference.decisions import OutputPolicy
 from inference.export import SUFFIXES, ExportedClassifier, export_classifier
 from inference.sidecar import MODEL_FORMATS, sidecar_path
 from runs import build, ddp, environment
@@ -42,19 +43,13 @@ def export(cfg: DictConfig) -> dict:
     opts = OmegaConf.to_container(cfg.predict, resolve=True)
     blocked = run_files.class_list(opts["blocked_classes"])
     trained = read_checkpoint(cfg.ckpt_path)
-    unknown = sorted(set(blocked) - set(trained.class_names))
-    if unknown:
-        raise ConfigError(
-            f"predict.blocked_classes={unknown} names classes the model does not have. Its classes are "
-            f"{trained.class_names}; fix the spelling or remove them."
-        )
+    try:  # the checks predict.py makes of the same setting: known classes, not every one
+        OutputPolicy(tuple(trained.class_names), blocked_classes=blocked)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     found = run_files.for_checkpoint(
         trained.run_dir, trained.epoch, trained.class_names, opts["thresholds"], opts["familiarity"]
     )
-    if set(blocked) >= set(trained.class_names):
-        raise ConfigError(
-            f"predict.blocked_classes={blocked} blocks every class of the model: nothing could ever be labelled."
-        )
     if found.familiarity is not None and not cfg.embedding:
         raise ConfigError(
             "the unfamiliar-input index needs the embedding output: embedding=true, or export without the index "

@@ -25,6 +25,7 @@ from evaluation.calibration import (
 )
 from evaluation.figures import figure_to_array
 from runs.checkpoints import CheckpointError, load_file
+from runs.files import write_atomically
 from runs.folder import RunFolder
 
 REPORT = "calibration.json"
@@ -222,9 +223,4 @@ def add_temperature(path: str | os.PathLike, temperature: float) -> None:
     path = Path(path)
     checkpoint = load_file(path, what="the best checkpoint")
     checkpoint["temperature"] = float(temperature)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))

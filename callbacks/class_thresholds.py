@@ -23,13 +23,14 @@ from scipy.special import softmax
 from typing_extensions import override
 
 from callbacks import rendering
+from callbacks.calibration import REPORT as CALIBRATION_FILE
 from callbacks.outputs_reader import Need, OutputsReader
+from inference.run_files import THRESHOLDS, THRESHOLDS_SUMMARY
 from inference.thresholds import ThresholdReport, evaluate_thresholds, fit_thresholds, write_thresholds
 from runs.folder import RunFolder
 
-CALIBRATION_FILE = "calibration.json"
-THRESHOLDS_FILE = "thresholds.csv"
-SUMMARY_FILE = "thresholds.json"
+# Named once, where predict.py and export.py look for them (a run's reports/ folder).
+THRESHOLDS_FILE, SUMMARY_FILE = THRESHOLDS.name, THRESHOLDS_SUMMARY.name
 
 
 def run_temperature(folder: RunFolder) -> float | None:

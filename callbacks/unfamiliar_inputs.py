@@ -17,10 +17,9 @@ from callbacks.epoch_outputs import stratified_subset
 from callbacks.outputs_reader import Need, OutputsReader
 from datamodules.dataset import ImageDataset, collate_skipping_failures
 from inference.familiarity import DEFAULT_K, DEFAULT_QUANTILE, FamiliarityIndex
+from inference.run_files import INDEX_FOLDER
 from runs.checkpoints import load_file
 from runs.folder import RunFolder
-
-INDEX_FOLDER = "familiarity"
 
 
 class UnfamiliarInputs(OutputsReader):

@@ -84,7 +84,8 @@ def fingerprint_image(rgb: np.ndarray) -> tuple[bytes, int, np.ndarray, list[flo
     digest = hashlib.blake2b(str(rgb.shape).encode(), digest_size=16)
     digest.update(rgb.data)
     work = working_copy(rgb)
-    return digest.digest(), perceptual_hash(luma(work)), colour_thumbnail(work), property_values(rgb, work)
+    gray = luma(work)  # one luma of the working copy for the hash, the thumbnail and the properties
+    return digest.digest(), perceptual_hash(gray), colour_thumbnail(work, gray), property_values(rgb, work, gray)
 
 
 def _fingerprint_chunk(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:

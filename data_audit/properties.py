@@ -96,10 +96,11 @@ def image_properties(rgb: np.ndarray) -> dict[str, float]:
     return dict(zip(PROPERTY_NAMES, property_values(rgb, working_copy(rgb)), strict=True))
 
 
-def property_values(rgb: np.ndarray, work: np.ndarray) -> list[float]:
-    """The values of :data:`PROPERTY_NAMES` in order, from the full image (for its size) and its working copy."""
+def property_values(rgb: np.ndarray, work: np.ndarray, gray: np.ndarray | None = None) -> list[float]:
+    """The values of :data:`PROPERTY_NAMES` in order, from the full image (for its size) and its
+    working copy (``gray``: its luma, when the caller has it already)."""
     height, width = rgb.shape[:2]
-    gray = luma(work)
+    gray = luma(work) if gray is None else gray
     histogram = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
     total = histogram.sum()
     cumulative = np.cumsum(histogram)
@@ -159,7 +160,7 @@ def perceptual_hash(gray: np.ndarray) -> int:
     return int((bits * _BIT_WEIGHTS).sum())
 
 
-def colour_thumbnail(rgb: np.ndarray) -> np.ndarray:
+def colour_thumbnail(rgb: np.ndarray, gray: np.ndarray | None = None) -> np.ndarray:
     """The image averaged down to 4 x 4 RGB (48 uint8 values: its colour layout), then its luma at
     16 x 16 (256 values: its structure); :data:`THUMBNAIL_VALUES` in all.
 
@@ -167,11 +168,12 @@ def colour_thumbnail(rgb: np.ndarray) -> np.ndarray:
     colours (a product photographed in each of its colours, a digit in another ink) and, in sets
     of alike images, different pictures (a 1 and a 7 written with one slanted stroke) hash alike;
     the colour and structure parts tell them apart (see
-    :func:`data_audit.near_duplicates.colour_difference` and ``structure_correlation``).
+    :func:`data_audit.near_duplicates.colour_difference` and ``structure_correlation``). ``gray``:
+    the image's luma, when the caller has it already.
     """
     rgb = np.ascontiguousarray(rgb)
     small = cv2.resize(rgb, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA)
-    gray = luma(rgb)
+    gray = luma(rgb) if gray is None else gray
     shrink = cv2.INTER_AREA if min(gray.shape) >= STRUCTURE_SIDE else cv2.INTER_LINEAR
     structure = cv2.resize(gray, (STRUCTURE_SIDE, STRUCTURE_SIDE), interpolation=shrink)
     return np.concatenate([small.reshape(-1), structure.reshape(-1)])

@@ -72,6 +72,7 @@ class ImageClassifier(LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
+        self._frozen: list[torch.nn.Parameter] | None = None  # see _frozen_parameters
         if lr <= 0 or backbone_lr_scale < 0 or not 0 <= label_smoothing < 1 or freeze_backbone_epochs < 0:
             raise ValueError(
                 f"model: need lr > 0 (got {lr}), backbone_lr_scale >= 0 (got {backbone_lr_scale}), "
@@ -153,11 +154,12 @@ class ImageClassifier(LightningModule):
 
         While the backbone is frozen (the first ``freeze_backbone_epochs`` epochs), its features
         are computed without autograd, so the backward pass runs through the head only. The loss
-        then also carries zero times every frozen parameter: each one gets a zero gradient, cheaply,
-        and DDP, whose reducer waits for a gradient of every parameter it registered at start-up,
-        all-reduces as usual (``requires_grad=False``, as Lightning's ``BackboneFinetuning`` does it,
-        breaks DDP when it changes mid-run). :meth:`on_after_backward` then drops those gradients,
-        so AdamW skips the frozen parameters altogether: no moments, no step count, no weight decay.
+        then also carries zero times every frozen parameter when there are several processes: each
+        one gets a zero gradient, cheaply, and DDP, whose reducer waits for a gradient of every
+        parameter it registered at start-up, all-reduces as usual (``requires_grad=False``, as
+        Lightning's ``BackboneFinetuning`` does it, breaks DDP when it changes mid-run).
+        :meth:`on_after_backward` then drops those gradients, so AdamW skips the frozen parameters
+        altogether: no moments, no step count, no weight decay.
         """
         frozen = self.backbone_frozen
         out = self._step(batch, frozen_features=frozen)
@@ -170,7 +172,7 @@ class ImageClassifier(LightningModule):
         self.log("train/loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(out.target))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         step = out.for_training()
-        if frozen:
+        if frozen and self.trainer.world_size > 1:  # one process: no reducer to feed, no gradients to drop
             step["loss"] = step["loss"] + 0.0 * sum(p.sum() for p in self._frozen_parameters())
         return step
 
@@ -233,9 +235,12 @@ class ImageClassifier(LightningModule):
         return self._trainer is not None and self.current_epoch < self.hparams.freeze_backbone_epochs
 
     def _frozen_parameters(self) -> list[torch.nn.Parameter]:
-        """The parameters a frozen phase leaves alone: every backbone parameter outside the classifier."""
-        head = {id(p) for p in self.backbone.get_classifier().parameters()}
-        return [p for p in self.backbone.parameters() if id(p) not in head]
+        """The parameters a frozen phase leaves alone: every backbone parameter outside the classifier.
+        Listed once (moving, wrapping or loading the model keeps the same parameter objects)."""
+        if self._frozen is None:
+            head = {id(p) for p in self.backbone.get_classifier().parameters()}
+            self._frozen = [p for p in self.backbone.parameters() if id(p) not in head]
+        return self._frozen
 
     def on_after_backward(self) -> None:
         # After DDP's all-reduce (it ends with the backward pass): a parameter without a gradient

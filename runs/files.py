@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _replace(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` beside ``path``, then ``tmp`` replaces ``path``: a reader sees the old file
+    or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -28,7 +30,7 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Seq
             writer.writerow(header)
             writer.writerows(rows)
 
-    _replace(Path(path), write)
+    write_atomically(Path(path), write)
 
 
 def write_records(path: str | os.PathLike, columns: Sequence[str], records: Sequence[dict[str, Any]]) -> None:
@@ -37,11 +39,11 @@ def write_records(path: str | os.PathLike, columns: Sequence[str], records: Sequ
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    _replace(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+    write_atomically(Path(path), lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    _replace(Path(path), lambda tmp: tmp.write_text(text))
+    write_atomically(Path(path), lambda tmp: tmp.write_text(text))
 
 
 class CsvStream:
