@@ -54,6 +54,7 @@ COLOUR_MAX_DIFFERENCE = 12.0
 # >= 0.87 at 64 px, >= 0.97 at 224 px); the one pair of different built-in digits that shares a
 # hash and a colour layout (a 1 and a 7) 0.65.
 STRUCTURE_MIN_CORRELATION = 0.8
+PAIR_BLOCK = 16_384  # candidate pairs whose thumbnails are compared at once
 # Cosine similarity (of mean-centred features) from which two images count as the same picture.
 # Pooled features of the packaged ImageNet EfficientNet-Lite0 on 96-px photo crops
 # (benchmarks/audit_vs_cleanvision.py): mirror images 0.87-0.99, resized and brightened copies
@@ -165,8 +166,14 @@ def hash_pairs(
     keep = queries < neighbours
     a, b, distances = rows[queries[keep]], rows[neighbours[keep]], distances[keep]
     if thumbnails is not None:
-        agree = colour_difference(thumbnails, a, b) <= max_colour_difference
-        agree &= structure_correlation(thumbnails, a, b) >= min_structure_correlation
+        # In blocks of pairs: alike images (digits) give millions of candidates, and a float copy of
+        # every pair's thumbnails at once would take gigabytes.
+        agree = np.zeros(len(a), dtype=bool)
+        for start in range(0, len(a), PAIR_BLOCK):
+            block = slice(start, start + PAIR_BLOCK)
+            agree[block] = (colour_difference(thumbnails, a[block], b[block]) <= max_colour_difference) & (
+                structure_correlation(thumbnails, a[block], b[block]) >= min_structure_correlation
+            )
         a, b, distances = a[agree], b[agree], distances[agree]
     return _pairs(a, b, "phash", distances)
 
